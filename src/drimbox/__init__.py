@@ -1,0 +1,3 @@
+"""drimbox: the DRIM-M imaging sharing network in Python."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from drimbox.entrypoints.cli import main
+
+raise SystemExit(main())

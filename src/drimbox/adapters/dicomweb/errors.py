@@ -1,0 +1,58 @@
+"""Our errors as HTTP problems (RFC 9457): the one table for DICOMweb."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from drimbox.adapters.dicomweb.media_types import NotAcceptable
+from drimbox.adapters.dicomweb.multipart import MultipartError
+from drimbox.adapters.storage.dicom_index import QueryError
+from drimbox.domain.errors import Conflict, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+_TABLE: list[tuple[type[BaseException], int, str]] = [
+    (NotFound, 404, "Not Found"),
+    (NotAcceptable, 406, "Not Acceptable"),
+    (Conflict, 409, "Conflict"),
+    (MultipartError, 400, "Bad Request"),
+    (QueryError, 400, "Bad Request"),
+    (InvalidInput, 400, "Bad Request"),
+]
+
+
+class HttpProblem(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def problem(status: int, title: str, detail: str) -> JSONResponse:
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        media_type="application/problem+json",
+    )
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HttpProblem):
+        return problem(exc.status, _title(exc.status), exc.detail)
+    for cls, status, title in _TABLE:
+        if isinstance(exc, cls):
+            return problem(status, title, str(exc))
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "Internal Server Error", "unexpected error; see the server log")
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    return HTTPStatus(status).phrase
+
+
+EXCEPTION_HANDLERS = {Exception: handle_error, HttpProblem: handle_error}

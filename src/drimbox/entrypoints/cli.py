@@ -1,0 +1,124 @@
+"""The ``drimbox`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from drimbox import __version__
+from drimbox.settings import ConfigError, PacsSettings, load_settings
+
+
+def _move_destination(text: str) -> tuple[str, dict[str, Any]]:
+    aet, sep, address = text.partition("=")
+    host, _, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected AET=host:port, got {text!r}")
+    return aet, {"host": host, "port": int(port)}
+
+
+def _add_pacs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("pacs", help="run the embedded PACS (DIMSE + DICOMweb over one store)")
+    p.add_argument("--config", type=Path, help="TOML configuration file (section [pacs])")
+    p.add_argument("--aet", help="our AE title")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="DIMSE port")
+    p.add_argument("--http-port", type=int, help="DICOMweb port (0 = no DICOMweb)")
+    p.add_argument("--storage", type=Path, help="storage folder")
+    p.add_argument(
+        "--allowed-aet",
+        action="append",
+        dest="allowed_calling_aets",
+        help="calling AE title allowed to associate (repeat; default: any)",
+    )
+    p.add_argument(
+        "--move-destination",
+        action="append",
+        type=_move_destination,
+        metavar="AET=HOST:PORT",
+        help="C-MOVE destination (repeat)",
+    )
+    p.add_argument("--duplicates", choices=["keep-first", "replace"])
+    p.add_argument("--workers", type=int, help="DIMSE worker processes (0 = one per core)")
+    p.add_argument("--no-fsync", action="store_true", help="do not fsync (tests only)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-json", action="store_true", help="one JSON log object per line")
+
+
+def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("synth", help="generate synthetic patient histories (DICOM, HL7, CDA)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--patients", type=int, default=10)
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--size", choices=["realistic", "small"], default="realistic")
+    p.add_argument("--messages", choices=["ORU", "MDM", "both"], default="both")
+    p.add_argument("--ct-only", type=int, metavar="SLICES",
+                   help="only one CT series of SLICES 512x512 slices (benchmarks)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drimbox", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"drimbox {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_pacs(sub)
+    _add_synth(sub)
+    return parser
+
+
+def _pacs(args: argparse.Namespace) -> int:
+    from drimbox.entrypoints.pacs import run_pacs
+
+    overrides: dict[str, Any] = {
+        "aet": args.aet,
+        "host": args.host,
+        "port": args.port,
+        "http_port": args.http_port,
+        "storage": args.storage,
+        "allowed_calling_aets": args.allowed_calling_aets,
+        "move_destinations": dict(args.move_destination) if args.move_destination else None,
+        "duplicates": args.duplicates,
+        "workers": args.workers,
+        "fsync": False if args.no_fsync else None,
+    }
+    logging_over = {"level": args.log_level, "json": True if args.log_json else None}
+    overrides["logging"] = {k: v for k, v in logging_over.items() if v is not None}
+    settings = load_settings(PacsSettings, "pacs", args.config, overrides)
+    return run_pacs(settings)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from drimbox.synth import generate_history, write_ct_study
+
+    if args.ct_only:
+        files = write_ct_study(args.out, slices=args.ct_only, seed=args.seed)
+        print(f"{len(files)} CT slices written to {args.out}")
+        return 0
+    manifest = generate_history(
+        args.out, args.patients, args.sites, args.seed, size=args.size, message_type=args.messages
+    )
+    exams = sum(1 for _ in manifest.exams)
+    print(f"{len(manifest.patients)} patients, {exams} exams written to {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "pacs":
+            return _pacs(args)
+        if args.command == "synth":
+            return _synth(args)
+    except ConfigError as exc:
+        print(f"drimbox: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Typed settings, read once per process: TOML file, then environment, then command line.
+
+Environment variables are ``DRIMBOX_<SECTION>__<KEY>`` (for instance ``DRIMBOX_PACS__PORT=11112``).
+A bad value is reported with the dotted key that holds it and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "DRIMBOX_"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RemoteAE(_Section):
+    """A DICOM peer we may send to (C-MOVE destination)."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+def _check_aet(value: str) -> str:
+    # PS3.5 table 6.2-1: AE is at most 16 characters of the default repertoire, no backslash
+    if not value or len(value) > 16 or "\\" in value or not value.isprintable():
+        raise ValueError("an AE title is 1 to 16 printable characters without backslash")
+    return value
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = Field(default=False, alias="json")
+
+
+class PacsSettings(_Section):
+    """Settings of ``drimbox pacs``."""
+
+    aet: str = "DRIMPACS"
+    host: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=1, le=65535)
+    http_port: int | None = Field(default=8042, ge=0, le=65535)
+    storage: Path = Path("./drimbox-pacs")
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    move_destinations: dict[str, RemoteAE] = Field(default_factory=dict)
+    duplicates: Literal["keep-first", "replace"] = "keep-first"
+    workers: int = Field(default=0, ge=0, le=64)
+    fsync: bool = True
+    max_pdu: int = Field(default=0, ge=0)
+    logging: LoggingSettings = LoggingSettings()
+
+    _v_aet = field_validator("aet")(classmethod(lambda cls, v: _check_aet(v)))
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _v_allowed(cls, values: list[str]) -> list[str]:
+        return [_check_aet(v) for v in values]
+
+    @field_validator("move_destinations")
+    @classmethod
+    def _v_dest(cls, values: dict[str, RemoteAE]) -> dict[str, RemoteAE]:
+        for aet in values:
+            _check_aet(aet)
+        return values
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
+def _env_overrides(section: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    prefix = f"{ENV_PREFIX}{section.upper()}__"
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(prefix):
+            continue
+        path = name[len(prefix) :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        leaf: Any = value
+        # Lists and tables come as JSON in the environment; scalars stay strings for pydantic.
+        if value[:1] in "[{":
+            import json
+
+            try:
+                leaf = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{name}: not valid JSON ({exc.msg})") from None
+        node[path[-1]] = leaf
+    return out
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    model: type[SettingsT],
+    section: str,
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> SettingsT:
+    """Build ``model`` from ``[section]`` of the TOML file, the environment and ``overrides``."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            with config_file.open("rb") as fh:
+                data = tomllib.load(fh).get(section, {})
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {config_file}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_file}: invalid TOML ({exc})") from None
+    data = _deep_merge(data, _env_overrides(section, os.environ if environ is None else environ))
+    data = _deep_merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in (section, *err["loc"]))
+            problems.append(f"{key}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
