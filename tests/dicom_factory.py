@@ -27,11 +27,21 @@ def ct_instance(
     ds.SOPInstanceUID = sop or generate_uid()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.PatientID, ds.PatientName, ds.PatientSex, ds.PatientBirthDate = patient_id, name, "F", "19700101"
+    ds.PatientID, ds.PatientName, ds.PatientSex, ds.PatientBirthDate = (
+        patient_id,
+        name,
+        "F",
+        "19700101",
+    )
     ds.StudyInstanceUID = study or generate_uid()
     ds.SeriesInstanceUID = series or generate_uid()
     ds.StudyDate, ds.StudyTime, ds.AccessionNumber = study_date, "101500", "ACC1"
-    ds.StudyDescription, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "TDM THORAX", "CT", 1, number
+    ds.StudyDescription, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = (
+        "TDM THORAX",
+        "CT",
+        1,
+        number,
+    )
     ds.Rows = ds.Columns = size
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

@@ -42,7 +42,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_port(
+    port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -180,7 +182,9 @@ def running_storescp(folder: Path, aet: str = "STORESCP") -> Iterator[tuple[str,
         stop(proc)
 
 
-def run_dcmtk(tool: str, *args: str, tuned: bool = True, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_dcmtk(
+    tool: str, *args: str, tuned: bool = True, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     if tuned:
         env["TCP_NODELAY"] = "1"

@@ -29,7 +29,9 @@ def dicom_files(synth_dir: Path) -> list[Path]:
 def studies(dicom_files: list[Path]) -> dict[str, list[Path]]:
     by_study: dict[str, list[Path]] = {}
     for f in dicom_files:
-        uid = str(dcmread(f, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+        uid = str(
+            dcmread(f, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID
+        )
         by_study.setdefault(uid, []).append(f)
     return by_study
 

@@ -55,7 +55,9 @@ def test_stow_qido_wado_roundtrip(pacs: Pacs, studies: dict[str, list[Path]]) ->
     in_series = [d for d in sent if d.SeriesInstanceUID == one.SeriesInstanceUID]
     assert len(metadata) == len(in_series)
     assert all("7FE00010" in m and "BulkDataURI" in m["7FE00010"] for m in metadata)
-    bulk = httpx.get(metadata[0]["7FE00010"]["BulkDataURI"], headers={"Accept-Encoding": "identity"})
+    bulk = httpx.get(
+        metadata[0]["7FE00010"]["BulkDataURI"], headers={"Accept-Encoding": "identity"}
+    )
     assert bulk.status_code == 200 and bulk.headers["content-type"].startswith("multipart/related")
 
 
@@ -67,7 +69,9 @@ def test_qido_filters(pacs: Pacs, dicom_files: list[Path]) -> None:
     by_patient = web.search_for_studies(search_filters={"PatientID": str(sample.PatientID)})
     assert by_patient and all(s["00100020"]["Value"][0] == sample.PatientID for s in by_patient)
     family = str(sample.PatientName).split("^")[0]
-    fuzzy = web.search_for_studies(search_filters={"PatientName": family[:2].lower()}, fuzzymatching=True)
+    fuzzy = web.search_for_studies(
+        search_filters={"PatientName": family[:2].lower()}, fuzzymatching=True
+    )
     assert any(s["00100020"]["Value"][0] == sample.PatientID for s in fuzzy)
     assert len(web.search_for_studies(limit=2)) == min(2, len(every))
     page = web.search_for_studies(limit=1, offset=1)
@@ -92,7 +96,9 @@ def test_errors_are_problem_documents(pacs: Pacs) -> None:
     assert httpx.get(f"{base}/studies", params={"NoSuchKey": "x"}).status_code == 400
     assert httpx.get(f"{base}/studies", params={"limit": "-1"}).status_code == 400
 
-    not_multipart = httpx.post(f"{base}/studies", content=b"xx", headers={"Content-Type": "application/dicom"})
+    not_multipart = httpx.post(
+        f"{base}/studies", content=b"xx", headers={"Content-Type": "application/dicom"}
+    )
     assert not_multipart.status_code == 400
     garbage = httpx.post(
         f"{base}/studies",
@@ -110,13 +116,30 @@ def test_accept_negotiation(pacs: Pacs, studies: dict[str, list[Path]]) -> None:
     url = f"{pacs.dicomweb}/studies/{study_uid}"
     refused = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; q=0'})
     assert refused.status_code == 406
-    jpeg = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'})
+    jpeg = httpx.get(
+        url,
+        headers={
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+        },
+    )
     assert jpeg.status_code == 406
     # several Accept values, DRIM-M style: the best acceptable one wins
-    ok = httpx.get(url, headers=[
-        ("Accept", 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80; q=0'),
-        ("Accept", 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1; q=0.9'),
-    ])
-    assert ok.status_code == 200 and "transfer-syntax=1.2.840.10008.1.2.1" in ok.headers["content-type"]
+    ok = httpx.get(
+        url,
+        headers=[
+            (
+                "Accept",
+                'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80; q=0',
+            ),
+            (
+                "Accept",
+                'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1; q=0.9',
+            ),
+        ],
+    )
+    assert (
+        ok.status_code == 200
+        and "transfer-syntax=1.2.840.10008.1.2.1" in ok.headers["content-type"]
+    )
     with pytest.raises(HTTPError):
         web.retrieve_study("1.2.3.999")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -15,7 +18,9 @@ from tests.peers import Pacs, run_dcmtk, running_pacs, running_storescp
 
 
 def store_all(pacs: Pacs, files: list[Path], tuned: bool = True) -> None:
-    result = run_dcmtk("storescu", "-aec", pacs.aet, "127.0.0.1", str(pacs.port), *map(str, files), tuned=tuned)
+    result = run_dcmtk(
+        "storescu", "-aec", pacs.aet, "127.0.0.1", str(pacs.port), *map(str, files), tuned=tuned
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -28,7 +33,9 @@ def find(pacs: Pacs, *keys: str, model: str = "-S") -> list[dict[str, str]]:
     answers: list[dict[str, str]] = []
     for block in out.split("Find Response:")[1:]:
         answer = {}
-        for m in re.finditer(r"\(\w{4},\w{4}\) \w\w (?:\[(.*?)\]|\(no value available\))\s+#\s+\d+\s+(\w+)", block):
+        for m in re.finditer(
+            r"\(\w{4},\w{4}\) \w\w (?:\[(.*?)\]|\(no value available\))\s+#\s+\d+\s+(\w+)", block
+        ):
             answer[m.group(2)] = (m.group(1) or "").strip()
         answers.append(answer)
     return answers
@@ -38,24 +45,40 @@ def pixel_bytes(path: Path) -> bytes:
     return bytes(dcmread(path).PixelData)
 
 
-def test_store_then_find_every_level(pacs: Pacs, studies: dict[str, list[Path]], dicom_files: list[Path]) -> None:
+def test_store_then_find_every_level(
+    pacs: Pacs, studies: dict[str, list[Path]], dicom_files: list[Path]
+) -> None:
     store_all(pacs, dicom_files)
 
-    found = find(pacs, "QueryRetrieveLevel=STUDY", "StudyInstanceUID", "NumberOfStudyRelatedInstances")
+    found = find(
+        pacs, "QueryRetrieveLevel=STUDY", "StudyInstanceUID", "NumberOfStudyRelatedInstances"
+    )
     assert {a["StudyInstanceUID"] for a in found} == set(studies)
     for a in found:
         assert int(a["NumberOfStudyRelatedInstances"]) == len(studies[a["StudyInstanceUID"]])
 
     study_uid, files = next(iter(studies.items()))
-    series = find(pacs, "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study_uid}", "SeriesInstanceUID", "Modality")
+    series = find(
+        pacs,
+        "QueryRetrieveLevel=SERIES",
+        f"StudyInstanceUID={study_uid}",
+        "SeriesInstanceUID",
+        "Modality",
+    )
     expected_series = {str(dcmread(f, stop_before_pixels=True).SeriesInstanceUID) for f in files}
     assert {a["SeriesInstanceUID"] for a in series} == expected_series
 
-    images = find(pacs, "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study_uid}", "SOPInstanceUID")
-    assert {a["SOPInstanceUID"] for a in images} == {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    images = find(
+        pacs, "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study_uid}", "SOPInstanceUID"
+    )
+    assert {a["SOPInstanceUID"] for a in images} == {
+        str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files
+    }
 
     # Patient Root model at PATIENT level
-    patients = find(pacs, "QueryRetrieveLevel=PATIENT", "PatientID", "NumberOfPatientRelatedStudies", model="-P")
+    patients = find(
+        pacs, "QueryRetrieveLevel=PATIENT", "PatientID", "NumberOfPatientRelatedStudies", model="-P"
+    )
     assert sum(int(a["NumberOfPatientRelatedStudies"]) for a in patients) == len(studies)
 
 
@@ -66,15 +89,23 @@ def test_find_matching_rules(pacs: Pacs, dicom_files: list[Path]) -> None:
     every = find(pacs, "QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientName", "StudyDate")
 
     # wildcard on a person name, case-insensitive
-    by_name = find(pacs, "QueryRetrieveLevel=STUDY", f"PatientName={family[:3].lower()}*", "StudyInstanceUID")
-    expected = {a["StudyInstanceUID"] for a in every if a["PatientName"].upper().startswith(family[:3].upper())}
+    by_name = find(
+        pacs, "QueryRetrieveLevel=STUDY", f"PatientName={family[:3].lower()}*", "StudyInstanceUID"
+    )
+    expected = {
+        a["StudyInstanceUID"]
+        for a in every
+        if a["PatientName"].upper().startswith(family[:3].upper())
+    }
     assert {a["StudyInstanceUID"] for a in by_name} == expected and expected
 
     # date range
     dates = sorted(a["StudyDate"] for a in every)
     low, high = dates[0], dates[len(dates) // 2]
     in_range = find(pacs, "QueryRetrieveLevel=STUDY", f"StudyDate={low}-{high}", "StudyInstanceUID")
-    assert {a["StudyInstanceUID"] for a in in_range} == {a["StudyInstanceUID"] for a in every if low <= a["StudyDate"] <= high}
+    assert {a["StudyInstanceUID"] for a in in_range} == {
+        a["StudyInstanceUID"] for a in every if low <= a["StudyDate"] <= high
+    }
 
     # list of UIDs
     two = [a["StudyInstanceUID"] for a in every[:2]]
@@ -82,18 +113,45 @@ def test_find_matching_rules(pacs: Pacs, dicom_files: list[Path]) -> None:
     assert {a["StudyInstanceUID"] for a in listed} == set(two)
 
     # a level the Study Root model does not have is refused with a failure status
-    bad = run_dcmtk("findscu", "-S", "-aec", pacs.aet, "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID",
-                    "127.0.0.1", str(pacs.port), check=False)
-    assert "0xa900" in (bad.stdout + bad.stderr).lower() or "Identifier Does Not Match" in bad.stderr
+    bad = run_dcmtk(
+        "findscu",
+        "-S",
+        "-aec",
+        pacs.aet,
+        "-k",
+        "QueryRetrieveLevel=PATIENT",
+        "-k",
+        "PatientID",
+        "127.0.0.1",
+        str(pacs.port),
+        check=False,
+    )
+    assert (
+        "0xa900" in (bad.stdout + bad.stderr).lower() or "Identifier Does Not Match" in bad.stderr
+    )
 
 
-def test_getscu_returns_byte_identical_pixels(pacs: Pacs, studies: dict[str, list[Path]], tmp_path: Path) -> None:
+def test_getscu_returns_byte_identical_pixels(
+    pacs: Pacs, studies: dict[str, list[Path]], tmp_path: Path
+) -> None:
     study_uid, files = max(studies.items(), key=lambda kv: len(kv[1]))
     store_all(pacs, files)
     out = tmp_path / "got"
     out.mkdir()
-    run_dcmtk("getscu", "-S", "-aec", pacs.aet, "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
-              "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(pacs.port))
+    run_dcmtk(
+        "getscu",
+        "-S",
+        "-aec",
+        pacs.aet,
+        "-od",
+        str(out),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study_uid}",
+        "127.0.0.1",
+        str(pacs.port),
+    )
     received = {str(dcmread(p).SOPInstanceUID): p for p in out.iterdir()}
     sent = {str(dcmread(p).SOPInstanceUID): p for p in files}
     assert received.keys() == sent.keys()
@@ -103,20 +161,51 @@ def test_getscu_returns_byte_identical_pixels(pacs: Pacs, studies: dict[str, lis
 
 def test_movescu_to_second_scp(tmp_path: Path, studies: dict[str, list[Path]]) -> None:
     study_uid, files = max(studies.items(), key=lambda kv: len(kv[1]))
-    with running_storescp(tmp_path / "scp") as (aet, port), running_pacs(
-        tmp_path / "pacs", extra=["--move-destination", f"{aet}=127.0.0.1:{port}"]
-    ) as pacs:
+    with (
+        running_storescp(tmp_path / "scp") as (aet, port),
+        running_pacs(
+            tmp_path / "pacs", extra=["--move-destination", f"{aet}=127.0.0.1:{port}"]
+        ) as pacs,
+    ):
         store_all(pacs, files)
-        run_dcmtk("movescu", "-S", "-aec", pacs.aet, "-aem", aet, "-k", "QueryRetrieveLevel=STUDY",
-                  "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(pacs.port))
-        unknown = run_dcmtk("movescu", "-S", "-aec", pacs.aet, "-aem", "NOWHERE", "-k", "QueryRetrieveLevel=STUDY",
-                            "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(pacs.port), check=False)
+        run_dcmtk(
+            "movescu",
+            "-S",
+            "-aec",
+            pacs.aet,
+            "-aem",
+            aet,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study_uid}",
+            "127.0.0.1",
+            str(pacs.port),
+        )
+        unknown = run_dcmtk(
+            "movescu",
+            "-S",
+            "-aec",
+            pacs.aet,
+            "-aem",
+            "NOWHERE",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study_uid}",
+            "127.0.0.1",
+            str(pacs.port),
+            check=False,
+        )
     received = {str(dcmread(p).SOPInstanceUID): p for p in (tmp_path / "scp").iterdir()}
     sent = {str(dcmread(p).SOPInstanceUID): p for p in files}
     assert received.keys() == sent.keys()
     for sop, path in sent.items():
         assert pixel_bytes(received[sop]) == pixel_bytes(path)
-    assert "a801" in (unknown.stdout + unknown.stderr).lower() or "Move Destination Unknown" in unknown.stderr
+    assert (
+        "a801" in (unknown.stdout + unknown.stderr).lower()
+        or "Move Destination Unknown" in unknown.stderr
+    )
 
 
 def test_stock_dcmtk_without_nodelay_is_served(pacs: Pacs, dicom_files: list[Path]) -> None:
@@ -140,7 +229,9 @@ def _send_raw(pacs: Pacs, path: Path, calling: str = "TESTSCU") -> int:
     return int(status.Status)
 
 
-def test_truncated_object_is_refused_and_quarantined(pacs: Pacs, dicom_files: list[Path], tmp_path: Path) -> None:
+def test_truncated_object_is_refused_and_quarantined(
+    pacs: Pacs, dicom_files: list[Path], tmp_path: Path
+) -> None:
     ct = next(p for p in dicom_files if dcmread(p, stop_before_pixels=True).Modality == "CT")
     data = ct.read_bytes()
     broken = tmp_path / "truncated.dcm"
@@ -183,7 +274,9 @@ def test_calling_aet_allow_list(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("workers", ["1"])
-def test_acknowledged_instances_survive_kill(tmp_path: Path, dicom_files: list[Path], workers: str) -> None:
+def test_acknowledged_instances_survive_kill(
+    tmp_path: Path, dicom_files: list[Path], workers: str
+) -> None:
     """SIGKILL the PACS while a modality sends: every acknowledged instance is there after restart."""
     import threading
 
@@ -215,13 +308,8 @@ def test_acknowledged_instances_survive_kill(tmp_path: Path, dicom_files: list[P
 
 
 def _kill_tree(pid: int) -> None:
-    import os
-    import signal
-
     children = Path(f"/proc/{pid}/task/{pid}/children")
     kids = children.read_text().split() if children.exists() else []
     for p in [pid, *map(int, kids)]:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

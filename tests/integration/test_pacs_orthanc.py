@@ -26,13 +26,21 @@ def test_orthanc_moves_from_our_pacs(tmp_path: Path, studies: dict[str, list[Pat
                       extra=["--move-destination", f"{orthanc.aet}=127.0.0.1:{orthanc.port}"]) as pacs:  # fmt: skip
         run_dcmtk("storescu", "-aec", pacs.aet, "127.0.0.1", str(pacs.port), *map(str, files))
         # Orthanc, as a query/retrieve SCU, asks our PACS to move the study to itself
-        found = httpx.post(f"{orthanc.url}/modalities/DRIM/query",
-                           json={"Level": "Study", "Query": {"StudyInstanceUID": study_uid}}).json()
+        found = httpx.post(
+            f"{orthanc.url}/modalities/DRIM/query",
+            json={"Level": "Study", "Query": {"StudyInstanceUID": study_uid}},
+        ).json()
         answers = httpx.get(f"{orthanc.url}/queries/{found['ID']}/answers?expand").json()
         assert [a["0020,000d"]["Value"] for a in answers] == [study_uid]
-        move = httpx.post(f"{orthanc.url}/modalities/DRIM/move", timeout=120, json={
-            "Level": "Study", "Resources": [{"StudyInstanceUID": study_uid}], "TargetAet": orthanc.aet,
-        })
+        move = httpx.post(
+            f"{orthanc.url}/modalities/DRIM/move",
+            timeout=120,
+            json={
+                "Level": "Study",
+                "Resources": [{"StudyInstanceUID": study_uid}],
+                "TargetAet": orthanc.aet,
+            },
+        )
         assert move.is_success, move.text
         for f in files:
             sent = dcmread(f)
@@ -45,8 +53,20 @@ def test_our_pacs_stores_into_orthanc(tmp_path: Path, studies: dict[str, list[Pa
          running_pacs(tmp_path / "pacs",
                       extra=["--move-destination", f"{orthanc.aet}=127.0.0.1:{orthanc.port}"]) as pacs:  # fmt: skip
         run_dcmtk("storescu", "-aec", pacs.aet, "127.0.0.1", str(pacs.port), *map(str, files))
-        run_dcmtk("movescu", "-S", "-aec", pacs.aet, "-aem", orthanc.aet, "-k", "QueryRetrieveLevel=STUDY",
-                  "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(pacs.port))
+        run_dcmtk(
+            "movescu",
+            "-S",
+            "-aec",
+            pacs.aet,
+            "-aem",
+            orthanc.aet,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study_uid}",
+            "127.0.0.1",
+            str(pacs.port),
+        )
         stats = httpx.get(f"{orthanc.url}/statistics").json()
         assert stats["CountInstances"] == len(files)
         for f in files:

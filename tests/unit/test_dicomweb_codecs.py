@@ -24,10 +24,12 @@ def test_drim_m_comma_joined_accept_with_q_values() -> None:
 
 
 def test_several_accept_headers_and_refusal() -> None:
-    ranges = parse_accept([
-        f'multipart/related; type="application/dicom"; transfer-syntax={JLS}; q=0',
-        'multipart/related; type="application/dicom"; transfer-syntax=*; q=0.2',
-    ])
+    ranges = parse_accept(
+        [
+            f'multipart/related; type="application/dicom"; transfer-syntax={JLS}; q=0',
+            'multipart/related; type="application/dicom"; transfer-syntax=*; q=0.2',
+        ]
+    )
     assert choose_dicom_syntax(ranges) == ANY_SYNTAX
     with pytest.raises(NotAcceptable):
         choose_dicom_syntax(parse_accept(['multipart/related; type="application/dicom"; q=0']))
@@ -42,7 +44,9 @@ def test_defaults() -> None:
     assert not accepts(parse_accept(["image/jpeg"]), "application/dicom+json")
 
 
-@pytest.mark.parametrize("bad", ["multipart/related; q=1.5", "multipart/related; q=abc", "nonsense"])
+@pytest.mark.parametrize(
+    "bad", ["multipart/related; q=1.5", "multipart/related; q=abc", "nonsense"]
+)
 def test_malformed_accept(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_accept([bad])
@@ -58,5 +62,7 @@ def test_multipart_split_and_errors() -> None:
     with pytest.raises(MultipartError):
         parse_content_type("application/dicom")
     assert parse_content_type('multipart/related; type="application/dicom"; boundary="abc"') == (
-        "multipart/related", "application/dicom", "abc",
+        "multipart/related",
+        "application/dicom",
+        "abc",
     )

@@ -19,7 +19,9 @@ def test_ingest_writes_file_and_indexes(store: PacsStore) -> None:
     path = store.path_of(stored.instance)
     assert path.read_bytes() == part10(ds)
     assert path.relative_to(store.files.dicom_dir).parts == (
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, f"{ds.SOPInstanceUID}.dcm",
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        f"{ds.SOPInstanceUID}.dcm",
     )
     assert not list(store.files.tmp_dir.iterdir())
 
@@ -85,11 +87,23 @@ def test_recover_after_crash(store: PacsStore) -> None:
 
 def test_query_levels_and_matching(store: PacsStore) -> None:
     study = "1.2.826.0.1.1"
-    for i, (pid, name, date) in enumerate([("P1", "MARTIN^LEA", "20200101"), ("P2", "MARTINEZ^JO", "20230601"), ("P3", "DURAND^AL", "20240101")]):
-        store.ingest(part10(ct_instance(patient_id=pid, name=name, study_date=date, study=f"{study}.{i}")), "t")
+    for i, (pid, name, date) in enumerate(
+        [
+            ("P1", "MARTIN^LEA", "20200101"),
+            ("P2", "MARTINEZ^JO", "20230601"),
+            ("P3", "DURAND^AL", "20240101"),
+        ]
+    ):
+        store.ingest(
+            part10(ct_instance(patient_id=pid, name=name, study_date=date, study=f"{study}.{i}")),
+            "t",
+        )
     assert len(store.find(Level.STUDY, {"PatientName": "martin*"})) == 2
     assert len(store.find(Level.STUDY, {"PatientName": "MARTIN^LEA"})) == 1
-    assert [r["PatientID"] for r in store.find(Level.STUDY, {"StudyDate": "20210101-"})] == ["P3", "P2"]
+    assert [r["PatientID"] for r in store.find(Level.STUDY, {"StudyDate": "20210101-"})] == [
+        "P3",
+        "P2",
+    ]
     assert len(store.find(Level.STUDY, {"StudyInstanceUID": f"{study}.0\\{study}.2"})) == 2
     assert len(store.find(Level.PATIENT, {"PatientID": "P?"})) == 3
     assert store.find(Level.STUDY, {"ModalitiesInStudy": "MR"}) == []

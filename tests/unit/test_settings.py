@@ -7,7 +7,9 @@ from drimbox.settings import ConfigError, PacsSettings, load_settings
 
 def test_file_then_env_then_overrides(tmp_path: Path) -> None:
     cfg = tmp_path / "drimbox.toml"
-    cfg.write_text('[pacs]\naet = "FROMFILE"\nport = 104\n[pacs.move_destinations.ORTHANC]\nhost = "pacs.local"\nport = 4242\n')
+    cfg.write_text(
+        '[pacs]\naet = "FROMFILE"\nport = 104\n[pacs.move_destinations.ORTHANC]\nhost = "pacs.local"\nport = 4242\n'
+    )
     env = {"DRIMBOX_PACS__PORT": "11112", "DRIMBOX_PACS__ALLOWED_CALLING_AETS": '["MODALITY1"]'}
     s = load_settings(PacsSettings, "pacs", cfg, {"http_port": 8080}, environ=env)
     assert (s.aet, s.port, s.http_port) == ("FROMFILE", 11112, 8080)

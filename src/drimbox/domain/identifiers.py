@@ -108,6 +108,4 @@ def is_valid_uid(value: str) -> bool:
     Callers build file paths from UIDs only after this check, so it must reject anything
     that is not strictly a UID (spaces, trailing newline, empty components, "..").
     """
-    return (
-        isinstance(value, str) and 0 < len(value) <= 64 and _UID_RE.fullmatch(value) is not None
-    )
+    return isinstance(value, str) and 0 < len(value) <= 64 and _UID_RE.fullmatch(value) is not None

@@ -60,12 +60,23 @@ def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="only one CT series of SLICES 512x512 slices (benchmarks)")  # fmt: skip
 
 
+def _add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("send", help="C-STORE DICOM files or folders to a DICOM peer")
+    p.add_argument("paths", type=Path, nargs="+")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--aet", required=True, help="the peer's AE title")
+    p.add_argument("--calling-aet", default="DRIMBOX")
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the peer")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drimbox", description=__doc__)
     parser.add_argument("--version", action="version", version=f"drimbox {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pacs(sub)
     _add_synth(sub)
+    _add_send(sub)
     return parser
 
 
@@ -105,6 +116,17 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _send(args: argparse.Namespace) -> int:
+    from drimbox.adapters.dimse.scu import send_files
+
+    files = [f for p in args.paths for f in (sorted(p.rglob("*.dcm")) if p.is_dir() else [p])]
+    report = send_files(files, args.host, args.port, args.aet, args.calling_aet, args.wait)
+    for path, reason in report.failed:
+        print(f"failed: {path}: {reason}", file=sys.stderr)
+    print(f"{report.sent} sent, {len(report.failed)} failed")
+    return 0 if not report.failed else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -112,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _pacs(args)
         if args.command == "synth":
             return _synth(args)
+        if args.command == "send":
+            return _send(args)
     except ConfigError as exc:
         print(f"drimbox: {exc}", file=sys.stderr)
         return 2
