@@ -58,6 +58,8 @@ class PacsSettings(_Section):
     workers: int = Field(default=0, ge=0, le=64)
     fsync: bool = True
     max_pdu: int = Field(default=0, ge=0)
+    max_associations: int = Field(default=64, ge=1, le=4096)  # per worker process
+    network_timeout: float = Field(default=120.0, gt=0)
     logging: LoggingSettings = LoggingSettings()
 
     _v_aet = field_validator("aet")(classmethod(lambda cls, v: _check_aet(v)))
@@ -73,6 +75,39 @@ class PacsSettings(_Section):
         for aet in values:
             _check_aet(aet)
         return values
+
+
+class CallerSettings(_Section):
+    """The identity SOAP and JSON calls run as until the trust layer authenticates callers."""
+
+    who: str = "drimbox index default caller"
+    kind: Literal["professional", "patient", "system"] = "system"
+    rpps: str = ""
+    profession: str = ""
+    structure: str = ""
+    role: str = ""
+    patient_id: str = ""
+
+
+class IndexSettings(_Section):
+    """Settings of ``drimbox index`` (the national index: XDS.b registry + repository)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8100, ge=0, le=65535)
+    data_dir: Path = Path("./drimbox-index")
+    database_url: str | None = None
+    """SQLAlchemy URL; default ``sqlite:///<data_dir>/index.db``. PostgreSQL:
+    ``postgresql+psycopg://user@host:5432/db``."""
+    repository_unique_id: str = Field(
+        default="1.2.250.1.999.1.1.7.1", pattern=r"^[0-2](\.(0|[1-9][0-9]*))+$"
+    )
+    max_body_bytes: int = Field(default=64 << 20, ge=1024)
+    default_caller: CallerSettings = CallerSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'index.db').resolve()}"
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)

@@ -38,7 +38,8 @@ def _serve_dimse(settings: PacsSettings, provider: PacsServiceProvider, number: 
     relay = internal.server_address[:2]
     front = UpperLayerAcceptor(
         settings.aet, provider.store_request, (str(relay[0]), int(relay[1])), QR_CLASSES[1:],
-        settings.allowed_calling_aets, settings.max_pdu,
+        settings.allowed_calling_aets, settings.max_pdu, settings.network_timeout,
+        settings.max_associations,
     )  # fmt: skip
     server = front.make_server(settings.host, settings.port)
     log.info("DIMSE worker %d on %s:%d as %s", number, settings.host, settings.port, settings.aet)

@@ -148,8 +148,10 @@ class UpperLayerAcceptor:
         allowed_calling_aets: Iterable[str] = (),
         max_pdu: int = 0,
         timeout: float = 120.0,
+        max_associations: int = 64,
     ) -> None:
         self.aet = aet
+        self.slots = threading.BoundedSemaphore(max_associations)
         self.on_store = on_store
         self.relay_to = relay_to
         self.relayed_classes = frozenset(str(uid) for uid in relayed_classes)
@@ -196,6 +198,17 @@ class UpperLayerAcceptor:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.timeout)
         peer = f"{address[0]}:{address[1]}"
+        if not self.slots.acquire(blocking=False):
+            # PS3.8 table 9-21: rejected-transient, service-provider (presentation), local limit
+            log.warning("association from %s refused: too many associations", peer)
+            self._send_quietly(sock, reject_pdu(2, 3, 2))
+            return
+        try:
+            self._serve(sock, peer)
+        finally:
+            self.slots.release()
+
+    def _serve(self, sock: socket.socket, peer: str) -> None:
         try:
             pdu_type, header, body = self._read_pdu(sock)
             if pdu_type != ASSOCIATE_RQ:
