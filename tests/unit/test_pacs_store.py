@@ -120,3 +120,9 @@ def test_metadata_is_cached_and_references_bulk_data(store: PacsStore) -> None:
     first = store.metadata(ds.StudyInstanceUID)
     assert '"7FE00010":{"vr":"OW","BulkDataURI":"@@BASE@@/studies/' in first[0]
     assert store.index.metadata(ds.StudyInstanceUID)[0][1] == first[0]
+
+
+def test_part10_without_preamble_is_stored_with_one(store: PacsStore) -> None:
+    data = part10(ct_instance())
+    stored = store.ingest(data[132:], "stow")
+    assert store.path_of(stored.instance).read_bytes() == data

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from drimbox import __version__
-from drimbox.settings import ConfigError, PacsSettings, load_settings
+from drimbox.settings import ConfigError, IndexSettings, PacsSettings, load_settings
 
 
 def _move_destination(text: str) -> tuple[str, dict[str, Any]]:
@@ -70,6 +70,21 @@ def _add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the peer")
 
 
+def _add_index(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("index", help="run the national index (XDS.b registry + repository)")
+    p.add_argument("--config", type=Path, help="TOML configuration file (section [index])")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8100)")
+    p.add_argument("--data-dir", type=Path, help="folder of the default SQLite database")
+    p.add_argument(
+        "--database-url", help="SQLAlchemy URL (sqlite:///... or postgresql+psycopg://...)"
+    )
+    p.add_argument("--repository-unique-id", help="our XDS repositoryUniqueId (an OID)")
+    p.add_argument("--max-body-bytes", type=int, help="largest accepted SOAP request")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-json", action="store_true", help="one JSON log object per line")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drimbox", description=__doc__)
     parser.add_argument("--version", action="version", version=f"drimbox {__version__}")
@@ -77,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pacs(sub)
     _add_synth(sub)
     _add_send(sub)
+    _add_index(sub)
     return parser
 
 
@@ -127,6 +143,22 @@ def _send(args: argparse.Namespace) -> int:
     return 0 if not report.failed else 1
 
 
+def _index(args: argparse.Namespace) -> int:
+    from drimbox.entrypoints.index import run_index
+
+    overrides: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "data_dir": args.data_dir,
+        "database_url": args.database_url,
+        "repository_unique_id": args.repository_unique_id,
+        "max_body_bytes": args.max_body_bytes,
+    }
+    logging_over = {"level": args.log_level, "json": True if args.log_json else None}
+    overrides["logging"] = {k: v for k, v in logging_over.items() if v is not None}
+    return run_index(load_settings(IndexSettings, "index", args.config, overrides))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -136,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _synth(args)
         if args.command == "send":
             return _send(args)
+        if args.command == "index":
+            return _index(args)
     except ConfigError as exc:
         print(f"drimbox: {exc}", file=sys.stderr)
         return 2

@@ -81,11 +81,15 @@ def parse_accept(headers: Iterable[str]) -> list[MediaRange]:
     return [ranges[i] for i in order]
 
 
-def _matches(mr: MediaRange, wanted: str) -> bool:
-    if mr.type in ("*/*", wanted):
+def _type_matches(pattern: str | None, wanted: str) -> bool:
+    """Whether a media range (``*/*``, ``image/*``, or exact; None = any) covers ``wanted``."""
+    if pattern is None or pattern in ("*/*", wanted):
         return True
-    major = wanted.split("/")[0]
-    return mr.type == f"{major}/*"
+    return pattern == wanted.split("/")[0] + "/*"
+
+
+def _matches(mr: MediaRange, wanted: str) -> bool:
+    return _type_matches(mr.type, wanted)
 
 
 def choose_dicom_syntax(ranges: list[MediaRange]) -> str:
@@ -101,7 +105,7 @@ def choose_dicom_syntax(ranges: list[MediaRange]) -> str:
         if mr.q <= 0:
             continue
         if mr.type == "multipart/related":
-            if mr.part_type not in (None, "application/dicom"):
+            if not _type_matches(mr.part_type, "application/dicom"):
                 continue
         elif not _matches(mr, "application/dicom"):
             continue
@@ -118,7 +122,7 @@ def accepts(ranges: list[MediaRange], media_type: str, part_type: str | None = N
         if mr.q <= 0:
             continue
         if part_type is not None and mr.type == "multipart/related":
-            if mr.part_type in (None, part_type):
+            if _type_matches(mr.part_type, part_type):
                 return True
         elif _matches(mr, media_type):
             return True

@@ -21,13 +21,19 @@ from pynetdicom.transport import ThreadedAssociationServer
 from drimbox.adapters.dimse import status as st
 from drimbox.adapters.dimse.contexts import FIND_MODELS, scp_contexts, storage_contexts_for
 from drimbox.adapters.dimse.upper_layer import StoreRequest
-from drimbox.adapters.storage.dicom_index import ATTRIBUTES, Level, StoredInstance
+from drimbox.adapters.storage.dicom_index import ATTRIBUTES, Level, QueryError, StoredInstance
 from drimbox.adapters.storage.pacs_store import PacsStore, StoreResult
 from drimbox.settings import RemoteAE
 
 log = logging.getLogger(__name__)
 
 _SKIP_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
+# computed at the PATIENT level by the index, returned but never matched
+_PATIENT_COUNTS = {
+    "NumberOfPatientRelatedStudies",
+    "NumberOfPatientRelatedSeries",
+    "NumberOfPatientRelatedInstances",
+}
 _RETRIEVE_KEYS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 _LEVELS = {
     "PATIENT": (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE),
@@ -134,7 +140,7 @@ class PacsServiceProvider:
         for level in _LEVELS[model]:
             if level.value == raw:
                 return level
-        raise ValueError(f"Query/Retrieve Level {raw!r} is not valid for this model")
+        raise QueryError(f"Query/Retrieve Level {raw!r} is not valid for this model")
 
     @staticmethod
     def _keys(identifier: Dataset) -> tuple[dict[str, str], list[int]]:
@@ -142,7 +148,7 @@ class PacsServiceProvider:
         unsupported: list[int] = []
         for elem in identifier:
             keyword = elem.keyword
-            if keyword in _SKIP_KEYS or elem.VR == "SQ":
+            if keyword in _SKIP_KEYS or keyword in _PATIENT_COUNTS or elem.VR == "SQ":
                 continue
             if keyword in ATTRIBUTES:
                 filters[keyword] = _value(elem.value)
@@ -171,10 +177,10 @@ class PacsServiceProvider:
     def _select(self, identifier: Dataset) -> list[StoredInstance]:
         raw = str(identifier.get("QueryRetrieveLevel", "")).strip()
         if raw not in ("PATIENT", "STUDY", "SERIES", "IMAGE"):
-            raise ValueError(f"Query/Retrieve Level {raw!r} is not valid")
+            raise QueryError(f"Query/Retrieve Level {raw!r} is not valid")
         filters = {k: _value(identifier.get(k)) for k in _RETRIEVE_KEYS if identifier.get(k)}
         if not filters:
-            raise ValueError("no unique key given for the retrieve")
+            raise QueryError("no unique key given for the retrieve")
         rows = self.store.index.find(Level.IMAGE, filters)
         found = (self.store.index.get_instance(r["SOPInstanceUID"]) for r in rows)
         return [inst for inst in found if inst is not None]

@@ -111,21 +111,12 @@ def command_pdu(context_id: int, command: Dataset) -> bytes:
     return pdu(P_DATA_TF, pdv)
 
 
-def _prefer_explicit(cx: PresentationContext) -> PresentationContext:
-    """Move explicit VR little endian first when proposed: the acceptor may pick any proposed
-    syntax (PS3.8 9.3.3.2), and storing the WADO-RS default one spares transcoding later."""
-    syntaxes = [str(ts) for ts in cx.transfer_syntax]
-    if EXPLICIT_VR_LE not in syntaxes or syntaxes[0] == EXPLICIT_VR_LE:
-        return cx
-    syntaxes.remove(EXPLICIT_VR_LE)
-    out = build_context(str(cx.abstract_syntax), [EXPLICIT_VR_LE, *syntaxes])
-    out.context_id = cx.context_id
-    return out
-
-
 def supported_contexts(storage: Iterable[str] = STORAGE_CLASSES) -> list[PresentationContext]:
+    # pynetdicom picks the first of *our* syntaxes that the requestor proposed: explicit VR
+    # little endian first, since storing the WADO-RS default spares transcoding later
+    syntaxes = [EXPLICIT_VR_LE, *(ts for ts in ALL_TRANSFER_SYNTAXES if ts != EXPLICIT_VR_LE)]
     out = [build_context(VERIFICATION)]
-    out += [build_context(uid, ALL_TRANSFER_SYNTAXES) for uid in sorted(storage)]
+    out += [build_context(uid, syntaxes) for uid in sorted(storage)]
     return out
 
 
@@ -281,7 +272,7 @@ class UpperLayerAcceptor:
             if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
         }
         results, ac_roles = negotiate_as_acceptor(
-            [_prefer_explicit(cx) for cx in prim.presentation_context_definition_list],
+            prim.presentation_context_definition_list,
             self.contexts,
             roles or None,
         )

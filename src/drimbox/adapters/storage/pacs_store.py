@@ -67,6 +67,17 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def with_preamble(data: bytes | memoryview) -> bytes | memoryview:
+    """Part 10 bytes with the 128-byte preamble and DICM prefix (PS3.10 7.1).
+
+    Some STOW-RS clients (dicomweb-client among them) send the file meta group without the
+    preamble; tolerate it on input and store a conformant file.
+    """
+    if bytes(data[128:132]) != b"DICM" and bytes(data[:2]) == b"\x02\x00":
+        return b"\x00" * 128 + b"DICM" + bytes(data)
+    return data
+
+
 def parse_object(data: bytes | memoryview) -> Dataset:
     """Parse a Part 10 object and check it is whole; raise ``InvalidObject`` otherwise."""
     try:
@@ -174,6 +185,7 @@ class PacsStore:
         self, data: bytes | memoryview, origin: str, expected_sop: str | None = None
     ) -> Stored:
         """Store one Part 10 object durably; raises ``InvalidObject`` (and quarantines it)."""
+        data = with_preamble(data)
         try:
             ds = parse_object(data)
             sop = _text(ds, "SOPInstanceUID")
