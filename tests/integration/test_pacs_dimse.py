@@ -303,6 +303,7 @@ def test_acknowledged_instances_survive_kill(
             stored = {r[0] for r in db.execute("SELECT sop_uid FROM instances")}
         assert set(acked) <= stored
         assert not list((storage / "tmp").iterdir())
+        assert not list((storage / "dicom").rglob(".*.part"))
 
 
 def _kill_tree(pid: int) -> None:

@@ -126,3 +126,17 @@ def test_part10_without_preamble_is_stored_with_one(store: PacsStore) -> None:
     data = part10(ct_instance())
     stored = store.ingest(data[132:], "stow")
     assert store.path_of(stored.instance).read_bytes() == data
+
+
+def test_recover_quarantines_a_write_cut_short(store: PacsStore) -> None:
+    ds = ct_instance()
+    rel = store.files.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    final = store.files.absolute(rel)
+    final.parent.mkdir(parents=True)
+    final.write_bytes(part10(ds)[:-500])  # renamed into place, crash before fsync and index
+    (final.parent / ".0123.part").write_bytes(b"partial")
+    dropped, added = store.recover()
+    assert (dropped, added) == (1, 0)
+    assert not final.exists()
+    assert store.index.get_instance(ds.SOPInstanceUID) is None
+    assert "found after a crash" in next(store.files.quarantine_dir.glob("*.txt")).read_text()

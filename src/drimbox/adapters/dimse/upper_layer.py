@@ -59,6 +59,7 @@ NO_DATASET = 0x0101
 MAX_PDU_ACCEPTED = 64 << 20  # a larger PDU is an attack or a bug: abort
 
 _HEADER = struct.Struct(">BxL")
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 
 class AssociationAborted(Exception):
@@ -87,7 +88,7 @@ class _Assoc:
     contexts: dict[int, PresentationContext]
     peer_max_pdu: int
     command: dict[int, list[bytes]] = field(default_factory=dict)
-    data: dict[int, list[bytes]] = field(default_factory=dict)
+    data: dict[int, list[memoryview]] = field(default_factory=dict)
     pending: Dataset | None = None
 
 
@@ -176,6 +177,10 @@ class UpperLayerAcceptor:
             if n == 0:
                 raise ConnectionResetError("peer closed the connection")
             got += n
+            if _QUICKACK is not None:
+                # stock dcmtk leaves Nagle on: without an immediate ACK its next small
+                # write waits for our delayed-ACK timer (design.md section 7)
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         return buf
 
     def _read_pdu(self, sock: socket.socket) -> tuple[int, bytes, bytearray]:
@@ -344,11 +349,12 @@ class UpperLayerAcceptor:
             else:
                 if assoc.pending is None:
                     raise AssociationAborted("data set without a preceding command")
-                assoc.data.setdefault(context_id, []).append(bytes(fragment))
+                # views into the PDU buffers: the object is copied once, in _store
+                assoc.data.setdefault(context_id, []).append(fragment)
                 if is_last:
                     command, assoc.pending = assoc.pending, None
-                    dataset = b"".join(assoc.data.pop(context_id))
-                    self._store(assoc, context_id, command, dataset, sock)
+                    fragments = assoc.data.pop(context_id)
+                    self._store(assoc, context_id, command, fragments, sock)
 
     def _on_command(self, assoc: _Assoc, context_id: int, raw: bytes, sock: socket.socket) -> None:
         try:
@@ -376,7 +382,7 @@ class UpperLayerAcceptor:
         assoc: _Assoc,
         context_id: int,
         command: Dataset,
-        dataset: bytes,
+        fragments: list[memoryview],
         sock: socket.socket,
     ) -> None:
         context = assoc.contexts[context_id]
@@ -394,7 +400,7 @@ class UpperLayerAcceptor:
             meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
             meta.ImplementationVersionName = IMPLEMENTATION_VERSION
             meta.SourceApplicationEntityTitle = assoc.calling_aet
-            part10 = b"\x00" * 128 + b"DICM" + encode_file_meta(meta) + dataset
+            part10 = b"".join([b"\x00" * 128, b"DICM", encode_file_meta(meta), *fragments])
             request = StoreRequest(
                 sop_class, sop_instance, tsuid, assoc.calling_aet, assoc.peer, part10
             )

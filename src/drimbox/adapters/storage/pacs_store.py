@@ -203,8 +203,7 @@ class PacsStore:
         rel = self.files.relative_path(
             _text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID"), sop
         )
-        tmp = self.files.write_temp(data)
-        self.files.publish(tmp, rel)
+        self.files.write(data, rel)
         rec = _record(ds, rel, len(data))
         self.index.add(rec)
         if existing is not None and existing.path != rel:
@@ -221,10 +220,13 @@ class PacsStore:
             if rel in known:
                 continue
             path = self.files.absolute(rel)
+            data = path.read_bytes()
             try:
-                ds = parse_object(path.read_bytes())
+                ds = parse_object(data)
             except InvalidObject as exc:
-                log.error("stored file %s is unreadable: %s", rel, exc)
+                # a write the crash cut short: it was never acknowledged
+                self.files.quarantine(data, f"found after a crash: {exc}", "recovery")
+                self.files.remove(rel)
                 continue
             self.index.add(_record(ds, rel, path.stat().st_size))
             added += 1

@@ -1,0 +1,1 @@
+"""Alembic migrations of the national index, shipped in the package and run at startup."""
