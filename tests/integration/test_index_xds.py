@@ -228,6 +228,27 @@ def test_deprecate_restore_and_delete(index: IndexServer) -> None:
     assert by_id.extrinsic() == []
     gone = post(index.client, "/repository", m.retrieve(index.repository, [kos.unique_id]))
     assert gone.error_codes() == ["XDSDocumentUniqueIdError"]
+    sets_query = {
+        "$XDSSubmissionSetPatientId": [f"'{patient}'"],
+        "$XDSSubmissionSetStatus": ["('Approved')"],
+    }
+    sets = post(
+        index.client, "/registry", m.stored_query(m.FIND_SUBMISSION_SETS, sets_query, "ObjectRef")
+    )
+    ss_ids = [r.get("id") for r in sets.body.iter(f"{{{m.RIM}}}ObjectRef")]
+    assert len(ss_ids) == 4  # the original submission and three updates
+    assocs = post(
+        index.client,
+        "/registry",
+        m.stored_query(
+            m.GET_ASSOCIATIONS, {"$uuid": ["(" + ",".join(f"'{i}'" for i in ss_ids) + ")"]}
+        ),
+    )
+    assert assocs.status() == "Success"
+    assert all(
+        uuid_ not in (a.get("sourceObject"), a.get("targetObject"))
+        for a in assocs.body.iter(f"{{{m.RIM}}}Association")
+    )
     back = post(index.client, "/registry", m.update_status(patient, uuid_, m.DELETED, m.APPROVED))
     assert back.status() == "Failure" and back.error_codes() == ["UnresolvedReferenceException"]
 
@@ -366,3 +387,18 @@ def test_repository_error_rolls_back(tmp_path: Path) -> None:
         answer = submit(server, patient, [Doc(patient)])
         assert answer.status() == "Failure" and answer.error_codes() == ["XDSRepositoryError"]
         assert unique_ids(find(server, patient)) == set()
+
+
+def test_replacement_of_unknown_or_foreign_entries(index: IndexServer) -> None:
+    rplc = "urn:ihe:iti:2007:AssociationType:RPLC"
+    patient, other = new_ins(), new_ins()
+    theirs = Doc(other)
+    assert submit(index, other, [theirs]).status() == "Success"
+    cases = {
+        "urn:uuid:00000000-0000-4000-8000-000000000000": "UnresolvedReferenceException",
+        entry_uuid(index, theirs.unique_id): "XDSPatientIdDoesNotMatch",
+    }
+    for target, code in cases.items():
+        answer = submit(index, patient, [Doc(patient)], m.association(rplc, "Document01", target))
+        assert answer.error_codes() == [code]
+    assert unique_ids(find(index, other)) == {theirs.unique_id}

@@ -52,12 +52,13 @@ def test_bad_configuration_exits_2_with_the_key(
 
 def test_json_logging(capsys: pytest.CaptureFixture[str]) -> None:
     root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    saved_handlers, saved_level = root.handlers[:], root.level
     try:
         configure_logging("INFO", json_format=True)
         logging.getLogger("drimbox.test").info("stored %d instances", 3)
     finally:
-        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
     line = capsys.readouterr().err.strip().splitlines()[-1]
     entry = json.loads(line)
     assert entry["message"] == "stored 3 instances"
