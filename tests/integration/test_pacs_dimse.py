@@ -34,7 +34,8 @@ def find(pacs: Pacs, *keys: str, model: str = "-S") -> list[dict[str, str]]:
     for block in out.split("Find Response:")[1:]:
         answer = {}
         for m in re.finditer(
-            r"\(\w{4},\w{4}\) \w\w (?:\[(.*?)\]|\(no value available\))\s+#\s+\d+,\s*\d+\s+(\w+)", block
+            r"\(\w{4},\w{4}\) \w\w (?:\[(.*?)\]|\(no value available\))\s+#\s+\d+,\s*\d+\s+(\w+)",
+            block,
         ):
             answer[m.group(2)] = (m.group(1) or "").strip("\x00 ")
         answers.append(answer)
@@ -282,6 +283,7 @@ def test_acknowledged_instances_survive_kill(
     acked: list[str] = []
     with running_pacs(storage, extra=["--workers", workers]) as pacs:
         ae = AE("MODALITY")
+        ae.dimse_timeout = ae.network_timeout = 5  # the server is about to vanish
         for f in dicom_files:
             ae.add_requested_context(str(dcmread(f, stop_before_pixels=True).SOPClassUID))
             if len(ae.requested_contexts) >= 100:
@@ -290,10 +292,11 @@ def test_acknowledged_instances_survive_kill(
         killer = threading.Timer(0.4, _kill_tree, args=(pacs.proc.pid,))
         killer.start()
         for f in dicom_files * 20:
-            if not assoc.is_established:
-                break
             ds = dcmread(f)
-            status = assoc.send_c_store(ds)
+            try:
+                status = assoc.send_c_store(ds)
+            except (RuntimeError, OSError):
+                break  # the association died with the server
             if status and int(status.Status) == 0:
                 acked.append(str(ds.SOPInstanceUID))
         killer.join()
