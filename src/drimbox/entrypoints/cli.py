@@ -85,6 +85,41 @@ def _add_index(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--log-json", action="store_true", help="one JSON log object per line")
 
 
+def _add_whitelist(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("whitelist", help="verify the signed national DRIM-M whitelist")
+    actions = p.add_subparsers(dest="action", required=True)
+    v = actions.add_parser("verify", help="verify a whitelist and print its hosts, one a line")
+    v.add_argument("file", type=Path)
+    v.add_argument("--trust-anchors", type=Path, required=True, help="PEM bundle of trusted roots")
+    v.add_argument("--at", metavar="ISO-TIME", help="validation time (default: now)")
+    v.add_argument("--kind", choices=["box", "viewer"], help="only these hosts")
+    v.add_argument("--signer-cn", help="required CN of the list signer")
+    v.add_argument("--signer-ou", help="required OU (structure id) of the list signer")
+    s = actions.add_parser("sign", help="write a whitelist signed by a dev `pki issue` signer")
+    s.add_argument("--signer", type=Path, required=True, help="folder of the signer files")
+    s.add_argument("--name", required=True, help="NAME given to `pki issue --kind signing`")
+    s.add_argument("--host", action="append", dest="hosts", required=True, help="box (repeat)")
+    s.add_argument("--out", type=Path, required=True)
+
+
+def _add_pki(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("pki", help="development certificate authority shaped like IGC-Santé")
+    actions = p.add_subparsers(dest="action", required=True)
+    i = actions.add_parser("init", help="create a root and an intermediate CA")
+    i.add_argument("--out", type=Path, required=True)
+    i.add_argument("--key-type", choices=["ec", "rsa"], default="ec")
+    c = actions.add_parser("issue", help="issue an end-entity certificate")
+    c.add_argument("--ca", type=Path, required=True, help="folder written by `pki init`")
+    c.add_argument("--name", required=True, help="file name stem (and CN without --dns)")
+    c.add_argument("--dns", action="append", help="DNS subject alternative name (repeat)")
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--kind", choices=["server", "client", "signing"], default="server")
+    c.add_argument("--key-type", choices=["ec", "rsa"], default="ec")
+    c.add_argument("--organisation", default="drimbox dev", help="subject O")
+    c.add_argument("--structure-id", default="399999999900001", help="subject OU (FINESS/SIRET)")
+    c.add_argument("--days", type=int, default=397)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drimbox", description=__doc__)
     parser.add_argument("--version", action="version", version=f"drimbox {__version__}")
@@ -93,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_send(sub)
     _add_index(sub)
+    _add_whitelist(sub)
+    _add_pki(sub)
     return parser
 
 
@@ -159,6 +196,18 @@ def _index(args: argparse.Namespace) -> int:
     return run_index(load_settings(IndexSettings, "index", args.config, overrides))
 
 
+def _whitelist(args: argparse.Namespace) -> int:
+    from drimbox.entrypoints.trust_cli import run_whitelist
+
+    return run_whitelist(args)
+
+
+def _pki(args: argparse.Namespace) -> int:
+    from drimbox.entrypoints.trust_cli import run_pki
+
+    return run_pki(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -170,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _send(args)
         if args.command == "index":
             return _index(args)
+        if args.command == "whitelist":
+            return _whitelist(args)
+        if args.command == "pki":
+            return _pki(args)
     except ConfigError as exc:
         print(f"drimbox: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,1 @@
+"""Trust layer: health-PKI certificates, signed XML, the national DRIM-M whitelist."""
