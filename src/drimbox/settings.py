@@ -102,6 +102,8 @@ class IndexSettings(_Section):
         default="1.2.250.1.999.1.1.7.1", pattern=r"^[0-2](\.(0|[1-9][0-9]*))+$"
     )
     max_body_bytes: int = Field(default=64 << 20, ge=1024)
+    workers: int = Field(default=0, ge=0, le=64)
+    """HTTP worker processes sharing the port; 0 = one per core."""
     default_caller: CallerSettings = CallerSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -81,6 +81,7 @@ def _add_index(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--repository-unique-id", help="our XDS repositoryUniqueId (an OID)")
     p.add_argument("--max-body-bytes", type=int, help="largest accepted SOAP request")
+    p.add_argument("--workers", type=int, help="HTTP worker processes (0 = one per core)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-json", action="store_true", help="one JSON log object per line")
 
@@ -190,6 +191,7 @@ def _index(args: argparse.Namespace) -> int:
         "database_url": args.database_url,
         "repository_unique_id": args.repository_unique_id,
         "max_body_bytes": args.max_body_bytes,
+        "workers": args.workers,
     }
     logging_over = {"level": args.log_level, "json": True if args.log_json else None}
     overrides["logging"] = {k: v for k, v in logging_over.items() if v is not None}

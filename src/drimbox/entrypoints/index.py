@@ -8,6 +8,11 @@ Startup migrates the database to the current schema, then serves:
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
 
 import uvicorn
 from starlette.applications import Starlette
@@ -16,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from drimbox.adapters.index_api.routes import IndexApi
-from drimbox.adapters.storage.index_db import IndexDb, open_index_db
+from drimbox.adapters.storage.index_db import IndexDb, make_engine, open_index_db
 from drimbox.adapters.xds.context import XdsServices
 from drimbox.adapters.xds.routes import SoapEndpoint, soap_routes
 from drimbox.domain.access import ActorKind, CallerIdentity
@@ -62,14 +67,12 @@ def create_index_app(db: IndexDb, settings: IndexSettings) -> Starlette:
     return Starlette(routes=routes)
 
 
-def run_index(settings: IndexSettings) -> int:
+def _serve(settings: IndexSettings, sock: socket.socket | None) -> None:
+    """One HTTP server process: its own engine and app, on the shared socket if given."""
     configure_logging(settings.logging.level, settings.logging.json_format)
-    db = open_index_db(settings.db_url)
-    log.info("index database %s migrated", db.engine.url.render_as_string(hide_password=True))
-    app = create_index_app(db, settings)
-    log.info("XDS endpoint on http://%s:%d/registry", settings.host, settings.port)
+    db = IndexDb(make_engine(settings.db_url))
     config = uvicorn.Config(
-        app,
+        create_index_app(db, settings),
         host=settings.host,
         port=settings.port,
         log_level="warning",
@@ -78,7 +81,49 @@ def run_index(settings: IndexSettings) -> int:
         http="httptools",
     )
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
     finally:
         db.close()
+
+
+def _worker(settings_json: str, sock: socket.socket) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    _serve(IndexSettings.model_validate_json(settings_json), sock)
+
+
+def run_index(settings: IndexSettings) -> int:
+    configure_logging(settings.logging.level, settings.logging.json_format)
+    db = open_index_db(settings.db_url)  # migrates once, before any worker starts
+    log.info("index database %s migrated", db.engine.url.render_as_string(hide_password=True))
+    db.close()
+    workers = settings.workers or (os.cpu_count() or 1)
+    log.info(
+        "XDS endpoint on http://%s:%d/registry (%d process(es))",
+        settings.host, settings.port, workers,
+    )  # fmt: skip
+    if workers == 1:
+        _serve(settings, None)
+        return 0
+    # Python runs one request at a time per process: parsing and validating a submission is
+    # CPU work, so more cores need more processes, all accepting on one socket
+    sock = socket.create_server((settings.host, settings.port), reuse_port=False, backlog=2048)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker, args=(settings.model_dump_json(by_alias=True), sock))
+        for _ in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        if not all(p.is_alive() for p in procs):
+            log.error("an index worker exited; stopping")
+            break
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(10)
+    sock.close()
     return 0
