@@ -44,6 +44,8 @@ def database_url(backend: str, folder: Path) -> Iterator[str]:
         yield f"sqlite:///{folder / 'index.db'}"
         return
     if not postgres_available():
+        if os.environ.get("CI"):  # CI machines have a PostgreSQL server: its absence is a failure
+            pytest.fail(f"no PostgreSQL at {PG_ADMIN_URL}")
         pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL}")
     name = f"drimbox_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
