@@ -140,3 +140,14 @@ def test_recover_quarantines_a_write_cut_short(store: PacsStore) -> None:
     assert not final.exists()
     assert store.index.get_instance(ds.SOPInstanceUID) is None
     assert "found after a crash" in next(store.files.quarantine_dir.glob("*.txt")).read_text()
+
+
+def test_elements_after_pixel_data_take_the_full_parse(store: PacsStore) -> None:
+    ds = ct_instance()
+    ds.add_new(0xFFFCFFFC, "OB", b"\x00" * 8)  # Data Set Trailing Padding
+    stored = store.ingest(part10(ds), "t")
+    assert stored.result is StoreResult.STORED
+    short = ct_instance()
+    short.PixelData = short.PixelData[:100]  # declared size inconsistent with Rows x Columns
+    with pytest.raises(InvalidObject, match="truncated"):
+        store.ingest(part10(short), "t")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -79,12 +80,26 @@ def with_preamble(data: bytes | memoryview) -> bytes | memoryview:
 
 
 def parse_object(data: bytes | memoryview) -> Dataset:
-    """Parse a Part 10 object and check it is whole; raise ``InvalidObject`` otherwise."""
+    """Parse a Part 10 object and check it is whole; raise ``InvalidObject`` otherwise.
+
+    The element stream is read up to the pixel data (every tag and length is checked); the
+    pixel data element is checked from its header, without copying it. Values are decoded
+    when used, so a malformed value in an attribute we never read is tolerated on input
+    (style-anchors rule 6), while a truncated or structurally broken object is refused.
+    """
+    fp = io.BytesIO(data)
     try:
-        ds = dcmread(io.BytesIO(data), force=False)
-        # touch every element so truncation or bad encodings surface here, not later
-        for _ in ds.iterall():
-            pass
+        ds = dcmread(fp, stop_before_pixels=True)
+        tsuid = UID(str(getattr(ds.file_meta, "TransferSyntaxUID", "") or ""))
+        if not is_valid_uid(str(tsuid)):
+            raise InvalidObject("the file meta information has no valid Transfer Syntax UID")
+        if not _pixel_element_fits(ds, data, fp.tell(), tsuid):
+            ds = dcmread(io.BytesIO(data))  # anything unusual after the header: read it all
+            for _ in ds.iterall():
+                pass
+            _check_pixel_length(ds, len(ds.PixelData) if "PixelData" in ds else None, tsuid)
+    except InvalidObject:
+        raise
     except InvalidDicomError as exc:
         raise InvalidObject(f"not a DICOM Part 10 object: {exc}") from None
     except Exception as exc:  # pydicom raises many types on corrupt input
@@ -95,15 +110,46 @@ def parse_object(data: bytes | memoryview) -> Dataset:
             raise InvalidObject(f"{keyword} is missing")
         if not is_valid_uid(value):
             raise InvalidObject(f"{keyword} {value[:80]!r} is not a valid UID")
-    tsuid = getattr(ds.file_meta, "TransferSyntaxUID", None)
-    if not tsuid or not is_valid_uid(str(tsuid)):
-        raise InvalidObject("the file meta information has no valid Transfer Syntax UID")
-    _check_pixel_length(ds, UID(str(tsuid)))
     return ds
 
 
-def _check_pixel_length(ds: Dataset, tsuid: UID) -> None:
-    if "PixelData" not in ds or tsuid.is_encapsulated:
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UC", b"UR", b"UT"}
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def _pixel_element_fits(ds: Dataset, data: bytes | memoryview, pos: int, tsuid: UID) -> bool:
+    """Check the (7FE0,0010) element at ``pos`` ends the object exactly and is whole.
+
+    False means "not the common shape" (big endian, deflated, float pixels, trailing
+    elements): the caller then reads the whole object the slow way.
+    """
+    if pos == len(data):
+        return True  # no pixel data
+    if not tsuid.is_little_endian or tsuid.is_deflated:
+        return False
+    if bytes(data[pos : pos + 4]) != b"\xe0\x7f\x10\x00":
+        return False
+    if tsuid.is_implicit_VR:
+        (length,), header = struct.unpack_from("<L", data, pos + 4), 8
+    elif bytes(data[pos + 4 : pos + 6]) in _LONG_VRS:
+        (length,), header = struct.unpack_from("<L", data, pos + 8), 12
+    else:
+        (length,), header = struct.unpack_from("<H", data, pos + 6), 8
+    if length == 0xFFFFFFFF:  # encapsulated: fragments up to the sequence delimiter
+        return bytes(data[-8:]) == _SEQ_DELIMITER
+    end = pos + header + length
+    if end > len(data):
+        raise InvalidObject(
+            f"Pixel Data is truncated: {len(data) - pos - header} bytes of {length}"
+        )
+    if end < len(data):
+        return False
+    _check_pixel_length(ds, length, tsuid)
+    return True
+
+
+def _check_pixel_length(ds: Dataset, actual: int | None, tsuid: UID) -> None:
+    if actual is None or tsuid.is_encapsulated:
         return
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     bits = _int(ds, "BitsAllocated")
@@ -112,7 +158,6 @@ def _check_pixel_length(ds: Dataset, tsuid: UID) -> None:
     samples = _int(ds, "SamplesPerPixel") or 1
     frames = _int(ds, "NumberOfFrames") or 1
     expected = (rows * cols * samples * frames * bits + 7) // 8
-    actual = len(ds.PixelData)
     if actual < expected:
         raise InvalidObject(f"Pixel Data is truncated: {actual} bytes, {expected} expected")
 
