@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -258,6 +259,8 @@ class DicomIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
+        # one writer per process at a time: threads queue here instead of inside SQLite
+        self._write_lock = threading.Lock()
         with self._connect() as conn:
             conn.executescript(SCHEMA)
 
@@ -267,6 +270,31 @@ class DicomIndex:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
         return conn
+
+    def _writer(self) -> sqlite3.Connection:
+        """A connection that fails fast on a locked database (see ``_begin_write``)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "writer", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA busy_timeout=0")
+            self._local.writer = conn
+        return conn
+
+    def _begin_write(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, retried every 0.2 ms while another process writes.
+
+        SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries, which costs more
+        than the few hundred microseconds an index write holds the lock.
+        """
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.0002)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -286,10 +314,13 @@ class DicomIndex:
 
     def add(self, rec: InstanceRecord) -> None:
         """Insert or replace one instance, and create or refresh its study and series."""
-        conn = self.conn
+        with self._write_lock:
+            self._add(self._writer(), rec)
+
+    def _add(self, conn: sqlite3.Connection, rec: InstanceRecord) -> None:
         study = dict(rec.study)
         series = dict(rec.series)
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin_write(conn)
         try:
             cols = ", ".join(study)
             conn.execute(
@@ -322,8 +353,11 @@ class DicomIndex:
             raise
 
     def delete_instance(self, sop_uid: str) -> None:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        with self._write_lock:
+            self._delete(self._writer(), sop_uid)
+
+    def _delete(self, conn: sqlite3.Connection, sop_uid: str) -> None:
+        self._begin_write(conn)
         try:
             row = conn.execute(
                 "SELECT series_uid, study_uid FROM instances WHERE sop_uid = ?", (sop_uid,)
