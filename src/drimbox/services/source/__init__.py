@@ -1,0 +1,1 @@
+"""DRIMbox Source: from the RIS report message to the published KOS."""
