@@ -80,11 +80,20 @@ def curl_study(url: str, repeat: int) -> tuple[float, float]:
     return best
 
 
-def measure(name: str, fn: Callable[[], float], repeat: int) -> float:
-    values = [fn() for _ in range(repeat)]
-    value = statistics.median(values)
-    print(f"  {name}: {', '.join(f'{v:.0f}' for v in values)} -> {value:.0f}", flush=True)
-    return value
+def measure_pair(
+    ours_fn: Callable[[], float], theirs_fn: Callable[[], float], repeat: int
+) -> tuple[float, float]:
+    """Medians of interleaved runs: the disk's state drifts during a sitting, and running
+    one server's repeats before the other's would hand that drift to one side."""
+    ours: list[float] = []
+    theirs: list[float] = []
+    for _ in range(repeat):
+        ours.append(ours_fn())
+        theirs.append(theirs_fn())
+    for name, values in (("drimbox", ours), ("orthanc", theirs)):
+        runs = ", ".join(f"{v:.0f}" for v in values)
+        print(f"  {name}: {runs} -> {statistics.median(values):.0f}", flush=True)
+    return statistics.median(ours), statistics.median(theirs)
 
 
 def ingest_drimbox(work: Path, files: list[Path], assocs: int, tuned: bool) -> float:
@@ -130,11 +139,10 @@ def main() -> int:
         ("C-STORE 4 assoc, stock dcmtk (img/s)", 4, False),
     ):
         print(label, flush=True)
-        ours = measure(
-            "drimbox", lambda a=assocs, t=tuned: ingest_drimbox(work, files, a, t), args.repeat
-        )
-        theirs = measure(
-            "orthanc", lambda a=assocs, t=tuned: ingest_orthanc(work, files, a, t), args.repeat
+        ours, theirs = measure_pair(
+            lambda a=assocs, t=tuned: ingest_drimbox(work, files, a, t),
+            lambda a=assocs, t=tuned: ingest_orthanc(work, files, a, t),
+            args.repeat,
         )
         rows.append((label, ours, theirs, "higher is better"))
 

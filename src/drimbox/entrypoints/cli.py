@@ -42,7 +42,7 @@ def _add_pacs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="C-MOVE destination (repeat)",
     )
     p.add_argument("--duplicates", choices=["keep-first", "replace"])
-    p.add_argument("--workers", type=int, help="DIMSE worker processes (0 = one per core)")
+    p.add_argument("--workers", type=int, help="DIMSE worker processes (0 = two per core)")
     p.add_argument("--no-fsync", action="store_true", help="do not fsync (tests only)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-json", action="store_true", help="one JSON log object per line")

@@ -109,7 +109,9 @@ def run_pacs(settings: PacsSettings) -> int:
     configure_logging(settings.logging.level, settings.logging.json_format)
     store = _open_store(settings)
     store.recover()
-    workers = settings.workers or max(1, min(os.cpu_count() or 1, 4))
+    # two per core: associations are spread by a hash (SO_REUSEPORT), and one worker that
+    # draws several of them shares a GIL; more workers even the draw out
+    workers = settings.workers or max(2, min(2 * (os.cpu_count() or 1), 8))
     pool = WorkerPool(settings, workers)
     pool.start()
     log.info(
