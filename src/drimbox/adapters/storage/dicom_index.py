@@ -198,6 +198,18 @@ _INSTANCE_COLS = (
 )
 
 
+def _scope(study: str, series: str | None, sop: str | None) -> tuple[str, list[str]]:
+    """WHERE clause (with ORDER BY) selecting a study, a series or one instance."""
+    where, params = "study_uid = ?", [study]
+    if series is not None:
+        where += " AND series_uid = ?"
+        params.append(series)
+    if sop is not None:
+        where += " AND sop_uid = ?"
+        params.append(sop)
+    return where + " ORDER BY series_uid, instance_number, sop_uid", params
+
+
 def _like_pattern(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
@@ -392,31 +404,18 @@ class DicomIndex:
     def instances(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> list[StoredInstance]:
-        sql = f"SELECT {_INSTANCE_COLS} FROM instances WHERE study_uid = ?"
-        params: list[str] = [study_uid]
-        if series_uid is not None:
-            sql += " AND series_uid = ?"
-            params.append(series_uid)
-        if sop_uid is not None:
-            sql += " AND sop_uid = ?"
-            params.append(sop_uid)
-        sql += " ORDER BY series_uid, instance_number, sop_uid"
+        where, params = _scope(study_uid, series_uid, sop_uid)
+        sql = f"SELECT {_INSTANCE_COLS} FROM instances WHERE {where}"
         return [StoredInstance(*r) for r in self.conn.execute(sql, params)]
 
     def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> list[tuple[str, str | None]]:
         """(path, cached DICOM JSON or None) for each selected instance."""
-        sql = "SELECT path, metadata FROM instances WHERE study_uid = ?"
-        params: list[str] = [study_uid]
-        if series_uid is not None:
-            sql += " AND series_uid = ?"
-            params.append(series_uid)
-        if sop_uid is not None:
-            sql += " AND sop_uid = ?"
-            params.append(sop_uid)
-        sql += " ORDER BY series_uid, instance_number, sop_uid"
-        return list(self.conn.execute(sql, params))
+        where, params = _scope(study_uid, series_uid, sop_uid)
+        return list(
+            self.conn.execute(f"SELECT path, metadata FROM instances WHERE {where}", params)
+        )
 
     def find(
         self,

@@ -15,6 +15,7 @@ from email.message import Message
 
 from lxml import etree
 
+from drimbox.adapters.multipart import MultipartError, split_parts
 from drimbox.adapters.xds.soap import SOAP_MEDIA, SoapFault
 
 XOP_NS = "http://www.w3.org/2004/08/xop/include"
@@ -46,26 +47,10 @@ def _strip_cid(value: str) -> str:
 
 
 def _split(body: bytes, boundary: str) -> list[tuple[dict[str, str], bytes]]:
-    delim = b"--" + boundary.encode("latin-1")
-    pos = body.find(delim)
-    if pos < 0:
-        raise SoapFault("multipart boundary not found in the body")
-    parts: list[tuple[dict[str, str], bytes]] = []
-    while True:
-        pos += len(delim)
-        if body.startswith(b"--", pos):
-            return parts
-        header_end = body.find(b"\r\n\r\n", pos)
-        nxt = body.find(b"\r\n" + delim, header_end + 4)
-        if header_end < 0 or nxt < 0:
-            raise SoapFault("truncated multipart body")
-        headers: dict[str, str] = {}
-        for line in body[pos:header_end].split(b"\r\n"):
-            name, sep, val = line.decode("latin-1").partition(":")
-            if sep:
-                headers[name.strip().lower()] = val.strip()
-        parts.append((headers, body[header_end + 4 : nxt]))
-        pos = nxt + 2
+    try:
+        return [(headers, bytes(data)) for headers, data in split_parts(body, boundary)]
+    except MultipartError as exc:
+        raise SoapFault(str(exc)) from None
 
 
 def unpack(content_type: str, body: bytes) -> Package:
