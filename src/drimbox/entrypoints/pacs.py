@@ -60,6 +60,8 @@ def _dimse_worker(settings_json: str, number: int, parent_pid: int) -> None:
     configure_logging(settings.logging.level, settings.logging.json_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     provider = PacsServiceProvider(_open_store(settings), settings.move_destinations)
+    if os.getppid() != parent_pid:
+        return  # the parent is already gone: do not start serving its port
     _serve_dimse(settings, provider, number)
 
 
@@ -105,7 +107,14 @@ class WorkerPool:
                 proc.kill()
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_pacs(settings: PacsSettings) -> int:
+    # until uvicorn installs its own handlers, a SIGTERM must still run ``pool.stop()``:
+    # dying outright would leave workers serving the port
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     configure_logging(settings.logging.level, settings.logging.json_format)
     store = _open_store(settings)
     store.recover()
@@ -113,12 +122,12 @@ def run_pacs(settings: PacsSettings) -> int:
     # draws several of them shares a GIL; more workers even the draw out
     workers = settings.workers or max(2, min(2 * (os.cpu_count() or 1), 8))
     pool = WorkerPool(settings, workers)
-    pool.start()
-    log.info(
-        "PACS %s: DIMSE %s:%d (%d worker(s)), storage %s",
-        settings.aet, settings.host, settings.port, workers, store.files.root,
-    )  # fmt: skip
     try:
+        pool.start()
+        log.info(
+            "PACS %s: DIMSE %s:%d (%d worker(s)), storage %s",
+            settings.aet, settings.host, settings.port, workers, store.files.root,
+        )  # fmt: skip
         if settings.http_port:
             config = uvicorn.Config(
                 create_app(store),
