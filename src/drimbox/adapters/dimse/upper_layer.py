@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import (
     ALL_TRANSFER_SYNTAXES,
@@ -29,7 +29,7 @@ from pynetdicom import (
     AllStoragePresentationContexts,
     build_context,
 )
-from pynetdicom.dsutils import decode, encode, encode_file_meta
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -41,6 +41,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from drimbox import __version__
+from drimbox.domain.identifiers import is_valid_uid
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,38 @@ class _Assoc:
     command: dict[int, list[bytes]] = field(default_factory=dict)
     data: dict[int, list[memoryview]] = field(default_factory=dict)
     pending: Dataset | None = None
+
+
+def _even(value: bytes, pad: bytes) -> bytes:
+    return value + pad if len(value) % 2 else value
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":  # PS3.5 7.1.2: OB has a reserved field and a 4-byte length
+        return struct.pack("<HH2sHL", 0x0002, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, calling_aet: str) -> bytes:
+    """The File Meta Information group (PS3.10 7.1), explicit VR little endian.
+
+    Encoded directly: building a pydicom FileMetaDataset and writing it costs about a
+    millisecond, per stored object, which is a third of an ingest's CPU.
+    """
+    body = b"".join(
+        (
+            _meta_element(0x0001, b"OB", b"\x00\x01"),
+            _meta_element(0x0002, b"UI", _even(sop_class.encode("ascii"), b"\x00")),
+            _meta_element(0x0003, b"UI", _even(sop_instance.encode("ascii"), b"\x00")),
+            _meta_element(0x0010, b"UI", _even(transfer_syntax.encode("ascii"), b"\x00")),
+            _meta_element(
+                0x0012, b"UI", _even(str(PYNETDICOM_IMPLEMENTATION_UID).encode("ascii"), b"\x00")
+            ),
+            _meta_element(0x0013, b"SH", _even(IMPLEMENTATION_VERSION.encode("ascii"), b" ")),
+            _meta_element(0x0016, b"AE", _even(calling_aet.encode("ascii", "replace"), b" ")),
+        )
+    )
+    return _meta_element(0x0000, b"UL", struct.pack("<L", len(body))) + body
 
 
 def pdu(pdu_type: int, body: bytes) -> bytes:
@@ -389,18 +422,15 @@ class UpperLayerAcceptor:
         sop_class = str(command.AffectedSOPClassUID)
         sop_instance = str(command.AffectedSOPInstanceUID)
         tsuid = str(context.transfer_syntax[0])
+        status: int
+        comment: str | None
         if sop_class != str(context.abstract_syntax):
-            status: int = 0x0122
-            comment: str | None = "SOP class differs from the presentation context"
+            status, comment = 0x0122, "SOP class differs from the presentation context"
+        elif not is_valid_uid(sop_instance):
+            status, comment = 0xC000, "Affected SOP Instance UID is not a valid UID"
         else:
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = UID(sop_class)
-            meta.MediaStorageSOPInstanceUID = UID(sop_instance)
-            meta.TransferSyntaxUID = UID(tsuid)
-            meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
-            meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-            meta.SourceApplicationEntityTitle = assoc.calling_aet
-            part10 = b"".join([b"\x00" * 128, b"DICM", encode_file_meta(meta), *fragments])
+            meta = file_meta(sop_class, sop_instance, tsuid, assoc.calling_aet)
+            part10 = b"".join([b"\x00" * 128, b"DICM", meta, *fragments])
             request = StoreRequest(
                 sop_class, sop_instance, tsuid, assoc.calling_aet, assoc.peer, part10
             )

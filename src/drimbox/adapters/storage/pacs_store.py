@@ -6,6 +6,7 @@ same whichever way it came in.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
@@ -53,15 +55,30 @@ class Stored:
     instance: StoredInstance
 
 
+@functools.cache
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return tag
+
+
+def _value(ds: Dataset, keyword: str) -> Any:
+    # by tag: pydicom's attribute access by keyword costs several times more, and ingest
+    # reads some thirty attributes per object
+    elem = ds.get(_tag(keyword))
+    return None if elem is None else elem.value
+
+
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
+    value = _value(ds, keyword)
     if value is None:
         return ""
     return str(value).strip()
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
+    value = _value(ds, keyword)
     try:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
