@@ -43,6 +43,7 @@ def test_bad_objects_are_quarantined(store: PacsStore, mangle: object, reason: s
     assert len(notes) == 1 and "origin: test" in notes[0].read_text()
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the point of the test
 def test_uid_used_as_path_is_validated(store: PacsStore) -> None:
     ds = ct_instance()
     ds.SeriesInstanceUID = "../../etc"
