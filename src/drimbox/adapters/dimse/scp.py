@@ -96,7 +96,7 @@ class PacsServiceProvider:
             failure = st.store_failure(exc)
             return int(failure.Status), failure.get("ErrorComment")
         if stored.result is StoreResult.DUPLICATE_KEPT:
-            log.info("duplicate %s from %s: first copy kept", req.sop_instance_uid, req.calling_aet)
+            log.debug("duplicate %s from %s: first kept", req.sop_instance_uid, req.calling_aet)
         return st.SUCCESS, None
 
     def on_store(self, event: Event) -> Dataset | int:
@@ -111,7 +111,7 @@ class PacsServiceProvider:
                 log.exception("C-STORE from %s failed", _origin(event))
             return st.store_failure(exc)
         if stored.result is StoreResult.DUPLICATE_KEPT:
-            log.info(
+            log.debug(
                 "duplicate %s from %s: first copy kept", stored.instance.sop_uid, _origin(event)
             )
         return st.SUCCESS
