@@ -68,10 +68,10 @@ class IndexServer:
 
 
 @contextlib.contextmanager
-def running_index(url: str, **settings: object) -> Iterator[IndexServer]:
+def running_index(url: str, port: int | None = None, **settings: object) -> Iterator[IndexServer]:
     db = open_index_db(url)
     config = IndexSettings.model_validate({"repository_unique_id": REPOSITORY, **settings})
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             create_index_app(db, config),

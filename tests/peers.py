@@ -36,10 +36,19 @@ def dcmtk(tool: str) -> str:
     return path
 
 
+_issued_ports: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on and this test run has not handed out yet (the kernel may
+    give the same ephemeral port twice in a row while the first caller has not bound it)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _issued_ports:
+            _issued_ports.add(port)
+            return port
 
 
 def wait_port(

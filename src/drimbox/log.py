@@ -34,3 +34,5 @@ def configure_logging(level: str = "INFO", json_format: bool = False) -> None:
     root.setLevel(level)
     # pynetdicom logs every PDU at INFO; keep it to warnings unless debugging
     logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
+    # httpx logs every request at INFO: one line per index call drowns the box's own log
+    logging.getLogger("httpx").setLevel("DEBUG" if level == "DEBUG" else "WARNING")

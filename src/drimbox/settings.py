@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "DRIMBOX_"
 
@@ -37,6 +44,18 @@ def _check_aet(value: str) -> str:
     if not value or len(value) > 16 or "\\" in value or not value.isprintable():
         raise ValueError("an AE title is 1 to 16 printable characters without backslash")
     return value
+
+
+def _distinct_ports(**ports: int | None) -> None:
+    # the DIMSE workers bind with SO_REUSEPORT: a second listener on the same port would
+    # silently take a share of the associations instead of failing
+    seen: dict[int, str] = {}
+    for name, port in ports.items():
+        if not port:
+            continue
+        if port in seen:
+            raise ValueError(f"{name} and {seen[port]} are both {port}")
+        seen[port] = name
 
 
 class LoggingSettings(_Section):
@@ -68,6 +87,11 @@ class PacsSettings(_Section):
     @classmethod
     def _v_allowed(cls, values: list[str]) -> list[str]:
         return [_check_aet(v) for v in values]
+
+    @model_validator(mode="after")
+    def _v_ports(self) -> PacsSettings:
+        _distinct_ports(port=self.port, http_port=self.http_port)
+        return self
 
     @field_validator("move_destinations")
     @classmethod
@@ -110,6 +134,100 @@ class IndexSettings(_Section):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'index.db').resolve()}"
+
+
+_OID = r"^[0-2](\.(0|[1-9][0-9]*))+$"
+
+
+class CodeSetting(_Section):
+    code: str
+    system: str
+    display: str = ""
+
+
+class BoxPacsSettings(_Section):
+    """The site's PACS as the box reaches it (C-FIND, C-GET)."""
+
+    aet: str = "DRIMPACS"
+    host: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=1, le=65535)
+    calling_aet: str = "DRIMBOX"
+    timeout: float = Field(default=30.0, gt=0)
+
+    _v_aet = field_validator("aet", "calling_aet")(classmethod(lambda cls, v: _check_aet(v)))
+
+
+class SiteSettings(_Section):
+    """Who this box publishes as (XDS submission-set metadata, KOS Retrieve Location)."""
+
+    name: str = "Site d'imagerie"
+    source_id: str = Field(default="1.2.250.1.999.1.9", pattern=_OID)
+    """OID of this DRIMbox: XDSSubmissionSet.sourceId and the KOS Retrieve Location UID."""
+    facility_type: CodeSetting = CodeSetting(
+        code="SA07", system="1.2.250.1.71.4.2.4", display="Cabinet de radiologie"
+    )
+    practice_setting: CodeSetting = CodeSetting(
+        code="AMBULATOIRE", system="1.2.250.1.213.1.1.4.9", display="Ambulatoire"
+    )
+    structure_id: str = "1499700367909"
+    """National id of the structure (type digit + FINESS/SIRET) when a report names none."""
+    lps_homologation: str = "DRIMBOX-DEV"
+    """DMP homologation number of the software (VIHF ``LPS_ID_HOMOLOGATION_DMP``)."""
+
+
+class BoxSettings(_Section):
+    """Settings of ``drimbox box`` (the site's DRIMbox: Source now, Conso later)."""
+
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8200, ge=0, le=65535)
+    public_url: str = ""
+    """Base URL other boxes reach this one at (default ``http://host:http_port``)."""
+    data_dir: Path = Path("./drimbox-box")
+    mllp_port: int = Field(default=2575, ge=0, le=65535)
+    mllp_tls_cert: Path | None = None
+    """PEM certificate chain + key (``mllp_tls_key``) to serve MLLP over TLS."""
+    mllp_tls_key: Path | None = None
+    dicom_aet: str = "DRIMBOX"
+    dicom_port: int = Field(default=11113, ge=0, le=65535)
+    """Where the PACS sends IOCM rejection notes (C-STORE); 0 = no listener."""
+    pacs: BoxPacsSettings = BoxPacsSettings()
+    index_url: str = "http://127.0.0.1:8100"
+    index_timeout: float = Field(default=30.0, gt=0)
+    publish_reports: bool = True
+    """Publish the CDA report with the KOS (off when the RIS publishes it itself)."""
+    images_retry: float = Field(default=5.0, gt=0)
+    images_deadline: float = Field(default=3600.0, gt=0)
+    backoff_initial: float = Field(default=1.0, gt=0)
+    backoff_max: float = Field(default=300.0, gt=0)
+    prefetch: bool = True
+    """Pull every published exam into the image cache (consumers then do not wait for the
+    PACS's retrieval)."""
+    cache_max_bytes: int = Field(default=20 << 30, ge=1 << 20)
+    """Size of the image cache under ``data_dir/cache`` (least recently used goes first)."""
+    signing_key: Path | None = None
+    """PEM private key of the structure's signing certificate (XAdES of submission sets)."""
+    signing_chain: Path | None = None
+    """PEM certificates: the signing certificate first, then its CA chain."""
+    site: SiteSettings = SiteSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    _v_aet = field_validator("dicom_aet")(classmethod(lambda cls, v: _check_aet(v)))
+
+    @model_validator(mode="after")
+    def _v_ports(self) -> BoxSettings:
+        _distinct_ports(
+            http_port=self.http_port, mllp_port=self.mllp_port, dicom_port=self.dicom_port
+        )
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.http_port}").rstrip("/")
+
+    @property
+    def wado_base(self) -> str:
+        """The Source WADO-RS root (what KOS Retrieve URLs start with)."""
+        return f"{self.base_url}/dicomweb"
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)

@@ -19,9 +19,16 @@ from tests.peers import Pacs, run_dcmtk, running_pacs, running_storescp
 
 def store_all(pacs: Pacs, files: list[Path], tuned: bool = True) -> None:
     result = run_dcmtk(
-        "storescu", "-aec", pacs.aet, "127.0.0.1", str(pacs.port), *map(str, files), tuned=tuned
+        "storescu",
+        "-aec",
+        pacs.aet,
+        "127.0.0.1",
+        str(pacs.port),
+        *map(str, files),
+        tuned=tuned,
+        check=False,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr + pacs.log.read_text(errors="replace")
 
 
 def find(pacs: Pacs, *keys: str, model: str = "-S") -> list[dict[str, str]]:

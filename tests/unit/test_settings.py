@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from drimbox.settings import ConfigError, PacsSettings, load_settings
+from drimbox.settings import BoxSettings, ConfigError, PacsSettings, load_settings
 
 
 def test_file_then_env_then_overrides(tmp_path: Path) -> None:
@@ -38,3 +38,24 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         load_settings(PacsSettings, "pacs", bad, environ={})
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(PacsSettings, "pacs", tmp_path / "missing.toml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("model", "section", "env", "message"),
+    [
+        (PacsSettings, "pacs", {"DRIMBOX_PACS__HTTP_PORT": "11112"}, "http_port and port"),
+        (BoxSettings, "box", {"DRIMBOX_BOX__MLLP_PORT": "8200"}, "mllp_port and http_port"),
+        (BoxSettings, "box", {"DRIMBOX_BOX__DICOM_PORT": "2575"}, "dicom_port and mllp_port"),
+    ],
+)
+def test_one_port_per_listener(
+    model: type[PacsSettings] | type[BoxSettings], section: str, env: dict[str, str], message: str
+) -> None:
+    # the DIMSE port is shared with SO_REUSEPORT: a clash would split traffic, not fail
+    with pytest.raises(ConfigError, match=message):
+        load_settings(model, section, None, environ=env)
+
+
+def test_disabled_listeners_do_not_clash() -> None:
+    env = {"DRIMBOX_BOX__MLLP_PORT": "0", "DRIMBOX_BOX__DICOM_PORT": "0"}
+    assert load_settings(BoxSettings, "box", None, environ=env).mllp_port == 0

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from drimbox import __version__
-from drimbox.settings import ConfigError, IndexSettings, PacsSettings, load_settings
+from drimbox.settings import (
+    BoxSettings,
+    ConfigError,
+    IndexSettings,
+    PacsSettings,
+    load_settings,
+)
 
 
 def _move_destination(text: str) -> tuple[str, dict[str, Any]]:
@@ -44,6 +50,34 @@ def _add_pacs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--duplicates", choices=["keep-first", "replace"])
     p.add_argument("--workers", type=int, help="DIMSE worker processes (0 = two per core)")
     p.add_argument("--no-fsync", action="store_true", help="do not fsync (tests only)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-json", action="store_true", help="one JSON log object per line")
+
+
+def _pacs_address(text: str) -> dict[str, Any]:
+    aet, sep, address = text.partition("@")
+    host, _, port = address.rpartition(":")
+    if not sep or not aet or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected AET@host:port, got {text!r}")
+    return {"aet": aet, "host": host, "port": int(port)}
+
+
+def _add_box(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("box", help="run the site's DRIMbox (Source: RIS -> PACS -> index)")
+    p.add_argument("--config", type=Path, help="TOML configuration file (section [box])")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, help="HTTP port (admin page; 0 = none)")
+    p.add_argument("--public-url", help="base URL other boxes reach this one at")
+    p.add_argument("--data-dir", type=Path, help="folder of the queues and archive")
+    p.add_argument("--mllp-port", type=int, help="HL7 MLLP port for the RIS")
+    p.add_argument("--dicom-port", type=int, help="DICOM port for IOCM notes (0 = off)")
+    p.add_argument("--pacs", type=_pacs_address, metavar="AET@HOST:PORT", help="the site's PACS")
+    p.add_argument("--index-url", help="base URL of the national index")
+    p.add_argument("--no-publish-reports", action="store_true",
+                   help="the RIS publishes reports itself: publish only the KOS")  # fmt: skip
+    p.add_argument("--signing-key", type=Path, help="PEM key of the structure's signing cert")
+    p.add_argument("--signing-chain", type=Path, help="PEM signing certificate + CA chain")
+    p.add_argument("--images-retry", type=float, help="seconds between PACS lookups")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-json", action="store_true", help="one JSON log object per line")
 
@@ -129,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_send(sub)
     _add_index(sub)
+    _add_box(sub)
     _add_whitelist(sub)
     _add_pki(sub)
     return parser
@@ -198,6 +233,28 @@ def _index(args: argparse.Namespace) -> int:
     return run_index(load_settings(IndexSettings, "index", args.config, overrides))
 
 
+def _box(args: argparse.Namespace) -> int:
+    from drimbox.entrypoints.box import run_box
+
+    overrides: dict[str, Any] = {
+        "host": args.host,
+        "http_port": args.http_port,
+        "public_url": args.public_url,
+        "data_dir": args.data_dir,
+        "mllp_port": args.mllp_port,
+        "dicom_port": args.dicom_port,
+        "pacs": args.pacs,
+        "index_url": args.index_url,
+        "publish_reports": False if args.no_publish_reports else None,
+        "signing_key": args.signing_key,
+        "signing_chain": args.signing_chain,
+        "images_retry": args.images_retry,
+    }
+    logging_over = {"level": args.log_level, "json": True if args.log_json else None}
+    overrides["logging"] = {k: v for k, v in logging_over.items() if v is not None}
+    return run_box(load_settings(BoxSettings, "box", args.config, overrides))
+
+
 def _whitelist(args: argparse.Namespace) -> int:
     from drimbox.entrypoints.trust_cli import run_whitelist
 
@@ -221,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _send(args)
         if args.command == "index":
             return _index(args)
+        if args.command == "box":
+            return _box(args)
         if args.command == "whitelist":
             return _whitelist(args)
         if args.command == "pki":

@@ -96,6 +96,9 @@ def _associate(address: PacsAddress) -> Association:
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate(address.host, address.port, ae_title=address.called_aet)
     if assoc.is_established:
+        # No TCP_NODELAY here although Nagle costs ~40 ms per C-FIND exchange: with it,
+        # pynetdicom's reactor drops a pending response of a fast peer (Orthanc) now and
+        # then ("Received unexpected C-FIND service message") and an instance goes missing.
         return assoc
     how = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
     raise PeerUnavailable(

@@ -49,7 +49,7 @@ class DevCA:
     def load(cls, folder: Path) -> DevCA:
         root = x509.load_pem_x509_certificate((folder / "root.crt").read_bytes())
         intermediate = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
-        return cls(root, intermediate, _load_key(folder / "ca.key"))
+        return cls(root, intermediate, load_key(folder / "ca.key"))
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Issued:
     @classmethod
     def load(cls, folder: Path, name: str) -> Issued:
         chain = x509.load_pem_x509_certificates((folder / f"{name}-fullchain.pem").read_bytes())
-        return cls(chain[0], _load_key(folder / f"{name}.key"), tuple(chain))
+        return cls(chain[0], load_key(folder / f"{name}.key"), tuple(chain))
 
 
 def new_key(key_type: KeyType = "ec") -> SigningKey:
@@ -282,7 +282,7 @@ def _write_certs(path: Path, certificates: Sequence[x509.Certificate]) -> None:
     path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates))
 
 
-def _load_key(path: Path) -> SigningKey:
+def load_key(path: Path) -> SigningKey:
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise ValueError(f"{path}: only RSA and EC keys are supported")

@@ -16,7 +16,9 @@ compressing them costs the index more than it saves on a LAN (design.md section 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, overload
 
@@ -286,6 +288,18 @@ class XdsClient:
         self._http = client or httpx.Client(timeout=timeout)
         self.timeout = timeout
         self.source = source
+        self._caller = threading.local()
+
+    @contextmanager
+    def acting_as(self, security: Callable[[], etree._Element]) -> Iterator[None]:
+        """Calls made in this block (by this thread) carry ``security()``: a fresh
+        ``wsse:Security`` header with the caller's VIHF assertion, one per request."""
+        previous = getattr(self._caller, "security", None)
+        self._caller.security = security
+        try:
+            yield
+        finally:
+            self._caller.security = previous
 
     def close(self) -> None:
         if self._own:
@@ -307,7 +321,9 @@ class XdsClient:
         attachments: Sequence[sb.Attachment] = (),
     ) -> _Reply:
         to = f"{self.base_url}/{service}"
-        _, content_type, body = sb.mtom_request(action, to, payload, attachments)
+        security = getattr(self._caller, "security", None)
+        header = security() if security is not None else None
+        _, content_type, body = sb.mtom_request(action, to, payload, attachments, header)
         headers = {"content-type": content_type, "accept-encoding": "identity",
                    "accept": f"{mtom.XOP_MEDIA}, multipart/related, {soap.SOAP_MEDIA}"}  # fmt: skip
         try:

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from lxml import etree
 from pydicom import dcmread
@@ -79,6 +80,18 @@ class ExamSubmission:
     signature: bytes | None = None
     """The XAdES document signing the submission set, when the trust layer made one."""
     submitted: datetime | None = None
+    publish_report: bool = True
+    """False when the site's RIS publishes the report itself: the report then only supplies
+    the KOS metadata (authors, codes), as for an IOCM-driven replacement."""
+
+
+class SubmissionSigner(Protocol):
+    """Makes the signature document of a submission set (IHE DSG), given every unique id."""
+
+    def __call__(
+        self, signature_unique_id: str, submission_set_unique_id: str,
+        documents: Sequence[tuple[str, bytes]],
+    ) -> bytes: ...  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,9 +495,10 @@ def submission_set(
     patient_id: str,
     when: str,
     authors: Sequence[Author] = (),
+    unique_id: str | None = None,
 ) -> str:
     """Write the SubmissionSet RegistryPackage; returns its uniqueId."""
-    unique_id = new_uid()
+    unique_id = unique_id or new_uid()
     pkg = etree.SubElement(rol, q(RIM, "RegistryPackage"), id=SUBMISSION_SET)
     w.slot(pkg, "submissionTime", [when])
     w.text(pkg, "Name", "Publication DRIMbox")
@@ -519,7 +533,7 @@ def _registry_object_list(parent: etree._Element) -> etree._Element:
 def _documents(sub: ExamSubmission, common: _Common, facts: CdaFacts | None) -> list[_Doc]:
     kos = _kos_doc(sub, facts)
     docs = [kos]
-    if sub.report is not None and facts is not None:
+    if sub.report is not None and facts is not None and sub.publish_report:
         docs.append(_report_doc(sub.report, facts, kos))
     if sub.signature is not None:
         docs.append(_signature_doc(sub.signature, common))
@@ -527,12 +541,23 @@ def _documents(sub: ExamSubmission, common: _Common, facts: CdaFacts | None) -> 
 
 
 def build_provide_and_register(
-    sub: ExamSubmission, source: SubmissionSource
+    sub: ExamSubmission, source: SubmissionSource, signer: SubmissionSigner | None = None
 ) -> ProvideAndRegisterRequest:
-    """The ITI-41 request publishing ``sub`` (raises ValueError on inconsistent input)."""
+    """The ITI-41 request publishing ``sub`` (raises ValueError on inconsistent input).
+
+    With ``signer`` (and no ready-made ``sub.signature``), the submission set is signed over
+    the final unique ids and bytes of its documents.
+    """
     facts = read_cda_facts(sub.report.cda) if sub.report is not None else None
     common = _common(sub, source, facts)
     docs = _documents(sub, common, facts)
+    ss_unique_id = new_uid()
+    if signer is not None and sub.signature is None:
+        signature = _signature_doc(b"", common)
+        signature.data = signer(
+            signature.unique_id, ss_unique_id, [(d.unique_id, d.data) for d in docs]
+        )
+        docs.append(signature)
     body = etree.Element(
         q(XDSB, "ProvideAndRegisterDocumentSetRequest"),
         nsmap={"xdsb": XDSB, "lcm": LCM, "rim": RIM},
@@ -540,7 +565,7 @@ def build_provide_and_register(
     rol = _registry_object_list(etree.SubElement(body, q(LCM, "SubmitObjectsRequest")))
     w = _Writer()
     ss_uid = submission_set(
-        w, rol, source, common.patient_id, common.submission_time, common.authors
+        w, rol, source, common.patient_id, common.submission_time, common.authors, ss_unique_id
     )
     for doc in docs:
         _extrinsic(w, rol, doc, common)
@@ -567,9 +592,9 @@ def _associations(rol: etree._Element, sub: ExamSubmission, docs: list[_Doc]) ->
         association(rol, xds.HAS_MEMBER, SUBMISSION_SET, doc.symbol, original)
     if sub.replaces:
         association(rol, xds.RPLC, "DocumentKOS", sub.replaces, {})
-    if sub.report_replaces and sub.report is not None:
+    if sub.report_replaces and any(d.symbol == "DocumentReport" for d in docs):
         association(rol, xds.RPLC, "DocumentReport", sub.report_replaces, {})
-    if sub.signature is not None:
+    if any(d.symbol == "Signature01" for d in docs):
         association(rol, xds.SIGNS, "Signature01", SUBMISSION_SET, {})
 
 
@@ -603,8 +628,11 @@ def build_status_update(
 # --- SOAP 1.2 + WS-Addressing + MTOM --------------------------------------------------------
 
 
-def request_envelope(action: str, to: str, payload: etree._Element) -> tuple[str, bytes]:
-    """(MessageID, serialized envelope) of a request (WS-Addressing 1.0 SOAP binding)."""
+def request_envelope(
+    action: str, to: str, payload: etree._Element, security: etree._Element | None = None
+) -> tuple[str, bytes]:
+    """(MessageID, serialized envelope) of a request (WS-Addressing 1.0 SOAP binding), with
+    the caller's ``wsse:Security`` header (VIHF assertion) when given."""
     message_id = f"urn:uuid:{uuid.uuid4()}"
     root = etree.Element(q(SOAP_NS, "Envelope"), nsmap={"s": SOAP_NS, "a": WSA_NS})
     header = etree.SubElement(root, q(SOAP_NS, "Header"))
@@ -618,15 +646,21 @@ def request_envelope(action: str, to: str, payload: etree._Element) -> tuple[str
     to_el = etree.SubElement(header, q(WSA_NS, "To"))
     to_el.set(q(SOAP_NS, "mustUnderstand"), "1")
     to_el.text = to
+    if security is not None:
+        header.append(security)
     etree.SubElement(root, q(SOAP_NS, "Body")).append(payload)
     return message_id, bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
 
 
 def mtom_request(
-    action: str, to: str, payload: etree._Element, attachments: Sequence[Attachment] = ()
+    action: str,
+    to: str,
+    payload: etree._Element,
+    attachments: Sequence[Attachment] = (),
+    security: etree._Element | None = None,
 ) -> tuple[str, str, bytes]:
     """(MessageID, Content-Type, body) of an MTOM/XOP request (multipart/related)."""
-    message_id, envelope = request_envelope(action, to, payload)
+    message_id, envelope = request_envelope(action, to, payload, security)
     parts = [(a.cid, a.media_type, a.data) for a in attachments]
     content_type, body = mtom.pack(envelope, action, parts)
     return message_id, content_type, body

@@ -14,7 +14,13 @@ until :meth:`Inbox.done`; after a restart everything not done is delivered again
 consumer must be idempotent.
 
 Refused messages are not queued: :meth:`Inbox.reject` keeps them under ``rejected/`` with
-their reason, for the site's IT team.
+their reason, for the site's IT team. A message that cannot be handled yet (images still
+arriving, PACS down) is put back with :meth:`Inbox.retry_later`; one that needs a human (the
+PACS contradicts the report) is :meth:`Inbox.hold`-ed until an admin releases it.
+
+The same database holds the Source's outbox and publication archive
+(``drimbox.services.source.outbox``), so that "message handled" and "submission queued"
+commit together (:meth:`Inbox.transaction`).
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from drimbox.domain.report import ReportMessage
 
@@ -53,19 +62,24 @@ CREATE TABLE IF NOT EXISTS messages (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     done_at TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',   -- pending | done | held
+    not_before REAL NOT NULL DEFAULT 0,      -- epoch seconds: retry no earlier
     UNIQUE (sending_application, sending_facility, control_id)
 );
-CREATE INDEX IF NOT EXISTS pending_by_patient ON messages (patient, id) WHERE done_at IS NULL;
+CREATE INDEX IF NOT EXISTS pending_by_patient ON messages (patient, id) WHERE state = 'pending';
 """
-_PENDING = """
-SELECT id, patient, event, study_uid, control_id, sending_application, received_at, raw,
-       attempts, last_error
+_COLUMNS = """id, patient, event, study_uid, control_id, sending_application, received_at, raw,
+       attempts, last_error, state"""
+_PENDING = f"""
+SELECT {_COLUMNS}
 FROM messages AS m
-WHERE done_at IS NULL
-  AND id = (SELECT MIN(id) FROM messages WHERE patient = m.patient AND done_at IS NULL)
+WHERE state = 'pending' AND not_before <= ?
+  AND id = (SELECT MIN(id) FROM messages WHERE patient = m.patient AND state = 'pending')
 ORDER BY id
 LIMIT ?
 """
+IOCM_EVENT = "iocm"
+"""``event`` of a queued IOCM rejection note (``raw`` is then the DICOM object, not HL7)."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -90,6 +104,7 @@ class InboxEntry:
     attempts: int
     last_error: str | None
     decode: ReportDecoder = field(repr=False, compare=False)
+    state: str = "pending"
 
     @property
     def report(self) -> ReportMessage:
@@ -117,6 +132,23 @@ class Inbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic, durable write transaction on the shared database (inbox + outbox)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._db
 
     def close(self) -> None:
         with self._lock:
@@ -156,22 +188,105 @@ class Inbox:
                         h.control_id, h.sending_application)  # fmt: skip
         return Accepted(int(row[0]), duplicate=True)
 
-    def pending(self, limit: int = 100) -> list[InboxEntry]:
-        """The oldest undone message of each patient, oldest first."""
+    def accept_event(
+        self,
+        *,
+        source: str,
+        control_id: str,
+        patient: str,
+        event: str,
+        study_uid: str,
+        raw: bytes,
+    ) -> Accepted:
+        """Queue a non-HL7 event for ``patient`` (an IOCM rejection note), once per id."""
         with self._lock:
-            rows = self._db.execute(_PENDING, (limit,)).fetchall()
-        return [
-            InboxEntry(
-                id=row[0], patient=row[1], event=row[2], study_uid=row[3], control_id=row[4],
-                sending_application=row[5], received_at=row[6], raw=bytes(row[7]),
-                attempts=row[8], last_error=row[9], decode=self._decode,
-            )
-            for row in rows
-        ]  # fmt: skip
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO messages (sending_application, sending_facility, control_id,"
+                    " patient, event, study_uid, received_at, sha256, raw)"
+                    " VALUES (?, '', ?, ?, ?, ?, ?, ?, ?)",
+                    (source, control_id, patient, event, study_uid, _now(),
+                     hashlib.sha256(raw).hexdigest(), raw),
+                )  # fmt: skip
+                return Accepted(int(cursor.lastrowid or 0), duplicate=False)
+            except sqlite3.IntegrityError:
+                row = self._db.execute(
+                    "SELECT id FROM messages WHERE sending_application = ?"
+                    " AND sending_facility = '' AND control_id = ?",
+                    (source, control_id),
+                ).fetchone()
+        return Accepted(int(row[0]), duplicate=True)
 
-    def done(self, entry_id: int) -> None:
+    def _entry(self, row: tuple[Any, ...]) -> InboxEntry:
+        return InboxEntry(
+            id=row[0], patient=row[1], event=row[2], study_uid=row[3], control_id=row[4],
+            sending_application=row[5], received_at=row[6], raw=bytes(row[7]),
+            attempts=row[8], last_error=row[9], decode=self._decode, state=row[10],
+        )  # fmt: skip
+
+    def pending(self, limit: int = 100, now: float | None = None) -> list[InboxEntry]:
+        """The oldest undone message of each patient whose retry time has come, oldest first."""
+        at = time.time() if now is None else now
         with self._lock:
-            self._db.execute("UPDATE messages SET done_at = ? WHERE id = ?", (_now(), entry_id))
+            rows = self._db.execute(_PENDING, (at, limit)).fetchall()
+        return [self._entry(row) for row in rows]
+
+    def next_due(self) -> float | None:
+        """Epoch time at which the next postponed message becomes due (None: none waits)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(not_before) FROM messages WHERE state = 'pending'"
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def done(self, entry_id: int, conn: sqlite3.Connection | None = None) -> None:
+        """Mark handled; pass ``conn`` to do it inside :meth:`transaction`."""
+        sql = "UPDATE messages SET done_at = ?, state = 'done' WHERE id = ?"
+        if conn is not None:
+            conn.execute(sql, (_now(), entry_id))
+            return
+        with self._lock:
+            self._db.execute(sql, (_now(), entry_id))
+
+    def retry_later(self, entry_id: int, reason: str, delay: float) -> None:
+        """Count a failed attempt; the message stays at its patient's head until ``delay``."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE messages SET attempts = attempts + 1, last_error = ?, not_before = ?"
+                " WHERE id = ?",
+                (reason[:2000], time.time() + delay, entry_id),
+            )
+
+    def hold(self, entry_id: int, reason: str) -> None:
+        """Set aside for a human (never published as is); the patient's queue moves on."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE messages SET state = 'held', last_error = ? WHERE id = ?",
+                (reason[:2000], entry_id),
+            )
+
+    def release(self, entry_id: int) -> bool:
+        """Put a held message back in its queue (after a human fixed the PACS or RIS)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE messages SET state = 'pending', not_before = 0, attempts = 0"
+                " WHERE id = ? AND state = 'held'",
+                (entry_id,),
+            )
+        return cursor.rowcount == 1
+
+    def held(self, limit: int = 200) -> list[InboxEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE state = 'held' ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [self._entry(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state")
+            return {str(state): int(n) for state, n in rows}
 
     def failed(self, entry_id: int, reason: str) -> None:
         """Record a failed attempt; the message stays at the head of its patient's queue."""
@@ -199,7 +314,7 @@ class Inbox:
         """Forget messages done before ``before`` (their duplicate check goes with them)."""
         with self._lock:
             cursor = self._db.execute(
-                "DELETE FROM messages WHERE done_at IS NOT NULL AND done_at < ?",
+                "DELETE FROM messages WHERE state = 'done' AND done_at < ?",
                 (before.astimezone(UTC).isoformat(timespec="microseconds"),),
             )
         return cursor.rowcount

@@ -1,0 +1,249 @@
+"""``drimbox box``: the site's DRIMbox. Wires the Source publication path:
+
+RIS --HL7 MLLP--> inbox --C-FIND PACS, KOS--> outbox --ITI-41/57--> index
+PACS --C-STORE IOCM note--> inbox (replacement or depublication)
+
+plus the HTTP side (admin page; the Source WADO-RS and the Conso come with their issues).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from drimbox.adapters.box_web.admin import admin_routes
+from drimbox.adapters.cache.instance_cache import InstanceCache
+from drimbox.adapters.dimse.iocm_scp import IocmListener, serve_iocm
+from drimbox.adapters.dimse.pacs_query import PacsAddress, find_exam
+from drimbox.adapters.dimse.retrieve import retrieve
+from drimbox.adapters.documents.manifest_codec import KosCodec
+from drimbox.adapters.hl7.listener import serve_mllp
+from drimbox.adapters.hl7.mllp import MllpServer
+from drimbox.adapters.hl7.parse import parse_message
+from drimbox.adapters.xds import submission_builder as sb
+from drimbox.adapters.xds.client import XdsClient
+from drimbox.adapters.xds.source_gateway import Assertions, XdsSourceGateway
+from drimbox.domain.manifest import ExamInventory
+from drimbox.domain.report import ReportMessage
+from drimbox.domain.xds import Code
+from drimbox.log import configure_logging
+from drimbox.services.source.inbox import IOCM_EVENT, Accepted, Inbox
+from drimbox.services.source.outbox import Operation, Outbox, PublicationState
+from drimbox.services.source.prefetch import Prefetcher
+from drimbox.services.source.publisher import Preparer, Sender, SourcePipeline, SourcePolicy
+from drimbox.settings import BoxSettings, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class _WakingInbox:
+    """The inbox as the HL7 listener sees it: accepting a message wakes the pipeline."""
+
+    def __init__(self, inbox: Inbox, wake: Any) -> None:
+        self.inbox, self.wake = inbox, wake
+
+    def accept(self, raw: bytes, report: ReportMessage) -> Accepted:
+        accepted = self.inbox.accept(raw, report)
+        self.wake()
+        return accepted
+
+    def reject(self, raw: bytes, reason: str, *, ack: str, control_id: str = "") -> object:
+        return self.inbox.reject(raw, reason, ack=ack, control_id=control_id)
+
+
+def submission_source(settings: BoxSettings) -> sb.SubmissionSource:
+    site = settings.site
+    return sb.SubmissionSource(
+        source_id=site.source_id,
+        healthcare_facility_type=Code(site.facility_type.code, site.facility_type.system,
+                                      site.facility_type.display),
+        practice_setting=Code(site.practice_setting.code, site.practice_setting.system,
+                              site.practice_setting.display),
+    )  # fmt: skip
+
+
+def load_signing(
+    settings: BoxSettings,
+) -> tuple[sb.SubmissionSigner | None, Assertions | None]:
+    """The structure's key: XAdES signer of submission sets and VIHF assertions of calls."""
+    if settings.signing_key is None and settings.signing_chain is None:
+        log.warning("no signing key configured: submissions unsigned, calls without VIHF")
+        return None, None
+    if settings.signing_key is None or settings.signing_chain is None:
+        raise ConfigError("box.signing_key and box.signing_chain go together")
+    from drimbox.adapters.trust import dsg
+    from drimbox.adapters.trust.chain import load_trust_anchors
+    from drimbox.adapters.trust.errors import TrustError
+    from drimbox.adapters.trust.pki import load_key
+    from drimbox.adapters.trust.vihf import CodedValue
+    from drimbox.adapters.xds.source_assertion import SourceAssertions, SourceIdentity
+
+    try:
+        key = load_key(settings.signing_key)
+        chain = load_trust_anchors(settings.signing_chain)
+    except (OSError, ValueError, TrustError) as exc:
+        raise ConfigError(f"box.signing_key/box.signing_chain: {exc}") from None
+
+    def sign(
+        signature_unique_id: str,
+        submission_set_unique_id: str,
+        documents: Sequence[tuple[str, bytes]],
+    ) -> bytes:
+        return dsg.sign_submission_set(
+            signature_id=signature_unique_id, submission_set_unique_id=submission_set_unique_id,
+            documents=[dsg.SignedDocument(uid, data) for uid, data in documents],
+            key=key, chain=chain, signing_time=datetime.now(UTC),
+        )  # fmt: skip
+
+    site = settings.site
+    sector = CodedValue(site.facility_type.code, site.facility_type.system,
+                        site.facility_type.display)  # fmt: skip
+    identity = SourceIdentity(lps_id=site.source_id, lps_homologation=site.lps_homologation,
+                              structure_id=site.structure_id, structure_name=site.name,
+                              sector=sector)  # fmt: skip
+    return sign, SourceAssertions(identity, key, chain)
+
+
+def _mllp_tls(settings: BoxSettings) -> ssl.SSLContext | None:
+    if settings.mllp_tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.mllp_tls_cert, settings.mllp_tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"box.mllp_tls_cert: {exc}") from None
+    return context
+
+
+@dataclass
+class SourceBox:
+    """A running Source: listeners and pipeline (the HTTP app is served by the caller)."""
+
+    settings: BoxSettings
+    inbox: Inbox
+    outbox: Outbox
+    pipeline: SourcePipeline
+    mllp: MllpServer
+    iocm: IocmListener | None
+    client: XdsClient
+    cache: InstanceCache
+    prefetcher: Prefetcher | None = None
+    routes: list[Route] = field(default_factory=list)
+
+    def stop(self) -> None:
+        self.mllp.stop()
+        if self.iocm is not None:
+            self.iocm.stop()
+        self.pipeline.stop()
+        if self.prefetcher is not None:
+            self.prefetcher.stop()
+        self.cache.close()
+        self.client.close()
+        self.inbox.close()
+
+
+def start_source(settings: BoxSettings) -> SourceBox:
+    folder = settings.data_dir / "source"
+    folder.mkdir(parents=True, exist_ok=True)
+    inbox = Inbox(folder, parse_message)
+    outbox = Outbox(inbox)
+    pacs = settings.pacs
+
+    def finder(study_uid: str, accession: str) -> ExamInventory:
+        return find_exam(pacs.host, pacs.port, pacs.aet, pacs.calling_aet, study_uid=study_uid,
+                         timeout=pacs.timeout)  # fmt: skip
+
+    policy = SourcePolicy(
+        wado_base=settings.wado_base, retrieve_location_uid=settings.site.source_id,
+        publish_reports=settings.publish_reports, images_retry=settings.images_retry,
+        images_deadline=settings.images_deadline, backoff_initial=settings.backoff_initial,
+        backoff_max=settings.backoff_max,
+    )  # fmt: skip
+    source = submission_source(settings)
+    client = XdsClient(settings.index_url, timeout=settings.index_timeout, source=source)
+    signer, assertions = load_signing(settings)
+    gateway = XdsSourceGateway(client, source, signer, assertions)
+    codec = KosCodec()
+    cache = InstanceCache(settings.data_dir / "cache", settings.cache_max_bytes)
+    prefetcher = None
+    if settings.prefetch:
+        address = PacsAddress(pacs.host, pacs.port, pacs.aet, pacs.calling_aet, pacs.timeout)
+        prefetcher = Prefetcher(partial(retrieve, address, cache), cache).start()
+
+    def on_published(op: Operation) -> None:
+        if prefetcher is not None:  # what the manifest lists is what consumers will ask for
+            manifest = codec.decode(op.kos)
+            prefetcher.prefetch(op.study_uid, [(s.series_uid, [i.sop_instance_uid for i in
+                                                               s.instances])
+                                               for s in manifest.series])  # fmt: skip
+
+    pipeline = SourcePipeline(
+        Preparer(inbox, outbox, finder, codec, policy),
+        Sender(outbox, gateway, parse_message, policy, on_published),
+    ).start()
+    mllp = serve_mllp(settings.host, settings.mllp_port, _WakingInbox(inbox, pipeline.wake),
+                      _mllp_tls(settings))  # fmt: skip
+
+    def on_note(note_uid: str, studies: frozenset[str], raw: bytes) -> None:
+        for study_uid in sorted(studies):
+            pub = outbox.publication(study_uid)
+            if pub is None or pub.state is PublicationState.DELETED:
+                log.info("rejection note %s: study %s not published here", note_uid, study_uid)
+                continue
+            inbox.accept_event(source="IOCM", control_id=f"{note_uid}/{study_uid}",
+                               patient=pub.patient, event=IOCM_EVENT, study_uid=study_uid,
+                               raw=raw)  # fmt: skip
+        pipeline.wake()
+
+    iocm = None
+    if settings.dicom_port:
+        iocm = serve_iocm(settings.host, settings.dicom_port, settings.dicom_aet, on_note,
+                          [settings.pacs.aet])  # fmt: skip
+    log.info("Source: MLLP %s:%d, IOCM %s, index %s, Retrieve URLs %s", settings.host,
+             mllp.port, f"{settings.dicom_aet}@{settings.host}:{iocm.port}" if iocm else "off",
+             settings.index_url, settings.wado_base)  # fmt: skip
+    routes = admin_routes(inbox, outbox, pipeline.wake)
+    return SourceBox(settings, inbox, outbox, pipeline, mllp, iocm, client, cache, prefetcher,
+                     routes)  # fmt: skip
+
+
+def create_app(box: SourceBox) -> Starlette:
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "messages": box.inbox.counts(),
+                             "operations": box.outbox.counts()})  # fmt: skip
+
+    return Starlette(routes=[Route("/health", health), *box.routes])
+
+
+def run_box(settings: BoxSettings) -> int:
+    configure_logging(settings.logging.level, settings.logging.json_format)
+    box = start_source(settings)
+    try:
+        if settings.http_port:
+            config = uvicorn.Config(create_app(box), host=settings.host, port=settings.http_port,
+                                    log_level="warning", access_log=False)  # fmt: skip
+            log.info("box HTTP on http://%s:%d/ (admin: /admin)", settings.host,
+                     settings.http_port)  # fmt: skip
+            uvicorn.Server(config).run()
+        else:
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
+    finally:
+        box.stop()
+    return 0
