@@ -153,8 +153,42 @@ class BoxPacsSettings(_Section):
     port: int = Field(default=11112, ge=1, le=65535)
     calling_aet: str = "DRIMBOX"
     timeout: float = Field(default=30.0, gt=0)
+    dicomweb_url: str = ""
+    """The PACS's DICOMweb root (e.g. ``http://orthanc:8042/dicom-web``): when set, images
+    are pulled over WADO-RS rather than C-GET."""
+    retrieve_associations: int = Field(default=4, ge=1, le=32)
+    """C-GET associations opened in parallel to pull one exam."""
 
     _v_aet = field_validator("aet", "calling_aet")(classmethod(lambda cls, v: _check_aet(v)))
+
+
+class PscSettings(_Section):
+    """Pro Santé Connect as a resource server sees it (RFC 7662 token introspection)."""
+
+    introspection_url: str = ""
+    """e.g. ``https://auth.bas.psc.esante.gouv.fr/auth/realms/esante-wallet/protocol/
+    openid-connect/token/introspect``; empty = WADO-RS requests from other boxes refused."""
+    client_id: str = ""
+    client_secret: str = ""
+    required_acr: str = "eidas1"
+    cache_seconds: float = Field(default=30.0, ge=0)
+
+
+class ConsoSettings(_Section):
+    """The professional's side: history, viewer proxy, import, download."""
+
+    enabled: bool = True
+    allowed_sources: list[str] = Field(default_factory=list)
+    """Base URLs of the Source boxes images may be fetched from (``https://box.site.fr/
+    dicomweb``), until the signed whitelist of boxes replaces this list."""
+    cache_max_bytes: int = Field(default=20 << 30, ge=1 << 20)
+    """Size of the cache of consulted images under ``data_dir/conso-cache``."""
+    ohif_dir: Path | None = None
+    """The OHIF viewer's ``dist/`` (``scripts/fetch-ohif``); none = no viewer served."""
+    session_idle: float = Field(default=3600.0, gt=0)
+    secure_cookie: bool = True
+    """Session cookie only over HTTPS (turn off for a plain-HTTP test bench)."""
+    source_timeout: float = Field(default=60.0, gt=0)
 
 
 class SiteSettings(_Section):
@@ -209,6 +243,8 @@ class BoxSettings(_Section):
     signing_chain: Path | None = None
     """PEM certificates: the signing certificate first, then its CA chain."""
     site: SiteSettings = SiteSettings()
+    psc: PscSettings = PscSettings()
+    conso: ConsoSettings = ConsoSettings()
     logging: LoggingSettings = LoggingSettings()
 
     _v_aet = field_validator("dicom_aet")(classmethod(lambda cls, v: _check_aet(v)))

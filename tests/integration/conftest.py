@@ -9,6 +9,9 @@ from pydicom import dcmread
 from drimbox.synth import generate_history
 from tests.peers import Pacs, running_pacs
 
+# the Source's network parts (module-scoped; a module defining its own overrides them)
+from tests.source_exams import exams, index, signer_files  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

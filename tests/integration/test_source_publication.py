@@ -9,10 +9,8 @@ another one on the same data folder (a restart mid-queue).
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,72 +23,19 @@ from pydicom.uid import ExplicitVRLittleEndian
 from drimbox.adapters.documents.iocm import REJECTED_FOR_QUALITY
 from drimbox.adapters.documents.kos import parse_kos
 from drimbox.adapters.trust import dsg
-from drimbox.adapters.trust.pki import create_ca, issue, write_issued
 from drimbox.adapters.xds.client import DocumentSummary, XdsClient
 from drimbox.domain import xds
 from drimbox.entrypoints.box import SourceBox, start_source
 from drimbox.services.source.outbox import PublicationState
 from drimbox.settings import BoxSettings
-from drimbox.synth import generate_history
 from tests.dicom_factory import part10
 from tests.index_fixtures import IndexServer, database_url, running_index
 from tests.peers import Pacs, free_port, run_dcmtk, running_orthanc, running_pacs
+from tests.source_exams import Exam
 from tests.unit.test_kos_iocm import rejection_note
 
 ALL = (xds.APPROVED, xds.DEPRECATED)
 SIGNATURE_CLASS = "urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1"
-
-
-@dataclass
-class Exam:
-    record: dict[str, Any]
-    folder: Path
-
-    @property
-    def study_uid(self) -> str:
-        return str(self.record["study_uid"])
-
-    @property
-    def patient_id(self) -> str:
-        r = self.record
-        return f"{r['patient_ins']}^^^&{r['ins_oid']}&ISO^NH"
-
-    @property
-    def sops(self) -> set[str]:
-        return {u for s in self.record["series"] for u in s["sop_instance_uids"]}
-
-    def files(self) -> list[Path]:
-        return [self.folder / f for s in self.record["series"] for f in s["files"]]
-
-    def message(self, kind: str, event: str = "new") -> bytes:
-        m = next(
-            m for m in self.record["hl7_messages"] if m["kind"] == kind and m["event"] == event
-        )
-        return (self.folder / m["path"]).read_bytes()
-
-
-@pytest.fixture(scope="module")
-def exams(tmp_path_factory: pytest.TempPathFactory) -> list[Exam]:
-    out = tmp_path_factory.mktemp("synth-source")
-    # seed 2: 3 patients, 11 exams, one of them with a corrected report (version 2)
-    generate_history(out, patients=3, sites=1, seed=2, size="small", message_type="both")
-    manifest = json.loads((out / "manifest.json").read_text())
-    return [Exam(e, out) for e in manifest["exams"]]
-
-
-@pytest.fixture(scope="module")
-def signer_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("pki")
-    ca, _ = create_ca()
-    write_issued(issue(ca, "CABINET DRIMBOX", kind="signing"), folder, "signer")
-    return folder / "signer.key", folder / "signer-fullchain.pem"
-
-
-@pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IndexServer]:
-    folder = tmp_path_factory.mktemp("index-source")
-    with database_url("sqlite", folder) as url, running_index(url) as server:
-        yield server
 
 
 def store(files: list[Path], port: int, aet: str) -> None:

@@ -15,34 +15,39 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from drimbox.adapters.box_web.admin import admin_routes
 from drimbox.adapters.cache.instance_cache import InstanceCache
+from drimbox.adapters.dicomweb.errors import EXCEPTION_HANDLERS
 from drimbox.adapters.dimse.iocm_scp import IocmListener, serve_iocm
 from drimbox.adapters.dimse.pacs_query import PacsAddress, find_exam
-from drimbox.adapters.dimse.retrieve import retrieve
 from drimbox.adapters.documents.manifest_codec import KosCodec
 from drimbox.adapters.hl7.listener import serve_mllp
 from drimbox.adapters.hl7.mllp import MllpServer
 from drimbox.adapters.hl7.parse import parse_message
+from drimbox.adapters.pacs_fetch import CGetFetcher, DicomwebFetcher
+from drimbox.adapters.source_web.wado import SourceWado, TokenVerifier
+from drimbox.adapters.trust.introspection import IntrospectionUnavailable, TokenIntrospector
 from drimbox.adapters.xds import submission_builder as sb
 from drimbox.adapters.xds.client import XdsClient
 from drimbox.adapters.xds.source_gateway import Assertions, XdsSourceGateway
 from drimbox.domain.manifest import ExamInventory
 from drimbox.domain.report import ReportMessage
 from drimbox.domain.xds import Code
+from drimbox.entrypoints.conso import Conso, start_conso
 from drimbox.log import configure_logging
+from drimbox.services.source.images import ImageProvider
 from drimbox.services.source.inbox import IOCM_EVENT, Accepted, Inbox
 from drimbox.services.source.outbox import Operation, Outbox, PublicationState
 from drimbox.services.source.prefetch import Prefetcher
+from drimbox.services.source.published import PublishedContent
 from drimbox.services.source.publisher import Preparer, Sender, SourcePipeline, SourcePolicy
 from drimbox.settings import BoxSettings, ConfigError
 
@@ -141,11 +146,16 @@ class SourceBox:
     iocm: IocmListener | None
     client: XdsClient
     cache: InstanceCache
+    images: ImageProvider
     prefetcher: Prefetcher | None = None
-    routes: list[Route] = field(default_factory=list)
+    routes: list[BaseRoute] = field(default_factory=list)
+    conso: Conso | None = None
 
     def stop(self) -> None:
         self.mllp.stop()
+        self.images.close()
+        if self.conso is not None:
+            self.conso.stop()
         if self.iocm is not None:
             self.iocm.stop()
         self.pipeline.stop()
@@ -179,10 +189,11 @@ def start_source(settings: BoxSettings) -> SourceBox:
     gateway = XdsSourceGateway(client, source, signer, assertions)
     codec = KosCodec()
     cache = InstanceCache(settings.data_dir / "cache", settings.cache_max_bytes)
+    fetcher = pacs_fetcher(settings, cache)
+    images = ImageProvider(cache, fetcher)
     prefetcher = None
     if settings.prefetch:
-        address = PacsAddress(pacs.host, pacs.port, pacs.aet, pacs.calling_aet, pacs.timeout)
-        prefetcher = Prefetcher(partial(retrieve, address, cache), cache).start()
+        prefetcher = Prefetcher(fetcher.study, cache).start()
 
     def on_published(op: Operation) -> None:
         if prefetcher is not None:  # what the manifest lists is what consumers will ask for
@@ -216,9 +227,41 @@ def start_source(settings: BoxSettings) -> SourceBox:
     log.info("Source: MLLP %s:%d, IOCM %s, index %s, Retrieve URLs %s", settings.host,
              mllp.port, f"{settings.dicom_aet}@{settings.host}:{iocm.port}" if iocm else "off",
              settings.index_url, settings.wado_base)  # fmt: skip
-    routes = admin_routes(inbox, outbox, pipeline.wake)
-    return SourceBox(settings, inbox, outbox, pipeline, mllp, iocm, client, cache, prefetcher,
-                     routes)  # fmt: skip
+    verifier = token_verifier(settings)
+    wado = SourceWado(PublishedContent(outbox, codec), images, verifier, settings.wado_base)
+    routes: list[BaseRoute] = [*admin_routes(inbox, outbox, pipeline.wake),
+                               *wado.routes("/dicomweb")]  # fmt: skip
+    conso = None
+    if settings.conso.enabled:
+        conso = start_conso(settings, verifier)
+        routes += conso.routes
+    return SourceBox(settings, inbox, outbox, pipeline, mllp, iocm, client, cache, images,
+                     prefetcher, routes, conso)  # fmt: skip
+
+
+def pacs_fetcher(settings: BoxSettings, cache: InstanceCache) -> CGetFetcher | DicomwebFetcher:
+    pacs = settings.pacs
+    if pacs.dicomweb_url:
+        from drimbox.adapters.dicomweb.fetch import DicomwebPacs
+
+        return DicomwebFetcher(DicomwebPacs(pacs.dicomweb_url, timeout=pacs.timeout), cache)
+    address = PacsAddress(pacs.host, pacs.port, pacs.aet, pacs.calling_aet, pacs.timeout)
+    return CGetFetcher(address, cache, pacs.retrieve_associations)
+
+
+class _NoIdentityProvider:
+    def verify(self, token: str) -> object:
+        raise IntrospectionUnavailable("no Pro Santé Connect introspection endpoint configured")
+
+
+def token_verifier(settings: BoxSettings) -> TokenVerifier:
+    psc = settings.psc
+    if not psc.introspection_url:
+        log.warning("box.psc.introspection_url unset: WADO-RS from other boxes is refused")
+        return _NoIdentityProvider()
+    return TokenIntrospector(psc.introspection_url, psc.client_id, psc.client_secret,
+                             cache_seconds=psc.cache_seconds,
+                             required_acr=psc.required_acr or None)  # fmt: skip
 
 
 def create_app(box: SourceBox) -> Starlette:
@@ -226,7 +269,8 @@ def create_app(box: SourceBox) -> Starlette:
         return JSONResponse({"status": "ok", "messages": box.inbox.counts(),
                              "operations": box.outbox.counts()})  # fmt: skip
 
-    return Starlette(routes=[Route("/health", health), *box.routes])
+    return Starlette(routes=[Route("/health", health), *box.routes],
+                     exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]  # fmt: skip
 
 
 def run_box(settings: BoxSettings) -> int:
@@ -235,7 +279,8 @@ def run_box(settings: BoxSettings) -> int:
     try:
         if settings.http_port:
             config = uvicorn.Config(create_app(box), host=settings.host, port=settings.http_port,
-                                    log_level="warning", access_log=False)  # fmt: skip
+                                    log_level="warning", access_log=False, loop="uvloop",
+                                    http="httptools")  # fmt: skip
             log.info("box HTTP on http://%s:%d/ (admin: /admin)", settings.host,
                      settings.http_port)  # fmt: skip
             uvicorn.Server(config).run()

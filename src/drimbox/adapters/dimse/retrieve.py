@@ -36,9 +36,10 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -89,7 +90,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
 )
 
-from drimbox.adapters.cache.instance_cache import InstanceCache
 from drimbox.adapters.dimse import status as st
 from drimbox.adapters.dimse.pacs_query import PacsAddress, find_exam
 from drimbox.adapters.dimse.upper_layer import (
@@ -112,6 +112,15 @@ from drimbox.adapters.dimse.upper_layer import (
 from drimbox.adapters.storage.pacs_store import InvalidObject, parse_object
 from drimbox.domain.errors import DrimboxError, InvalidInput, PeerUnavailable
 from drimbox.domain.identifiers import is_valid_uid
+
+
+class InstanceSink(Protocol):
+    """Where retrieved instances go (the box's ``InstanceCache``, or a wrapper of it)."""
+
+    def put(self, study: str, series: str, sop: str, data: bytes) -> object: ...
+
+    def missing(self, study: str, series: str, sop_uids: Iterable[str]) -> set[str]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -522,7 +531,7 @@ class GetAssociation:
 class _Receiver:
     """Checks and caches the instances one association receives."""
 
-    def __init__(self, cache: InstanceCache, study_uid: str) -> None:
+    def __init__(self, cache: InstanceSink, study_uid: str) -> None:
         self.cache = cache
         self.study_uid = study_uid
         self.job = _Job("", ())
@@ -591,7 +600,7 @@ class _Run:
     """One retrieval: the shared job queue and what the workers report."""
 
     address: PacsAddress
-    cache: InstanceCache
+    cache: InstanceSink
     study_uid: str
     contexts: list[PresentationContext]
     jobs: queue.SimpleQueue[_Job]
@@ -648,7 +657,7 @@ def _inventory(address: PacsAddress, study_uid: str) -> tuple[list[SeriesSelecti
 
 def retrieve(
     address: PacsAddress,
-    cache: InstanceCache,
+    cache: InstanceSink,
     study_uid: str,
     series: Sequence[SeriesSelection] | None = None,
     *,
@@ -707,7 +716,7 @@ def _raise_first(run: _Run, result: RetrieveResult) -> None:
 
 
 def _missing(
-    cache: InstanceCache, study_uid: str, series: Sequence[SeriesSelection]
+    cache: InstanceSink, study_uid: str, series: Sequence[SeriesSelection]
 ) -> frozenset[str]:
     missing: set[str] = set()
     for series_uid, sops in series:

@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS publications (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS publications_by_kos ON publications (kos_uid);
+CREATE INDEX IF NOT EXISTS publications_by_indexed_kos ON publications (indexed_kos_uid);
 """
 _OUT_COLUMNS = """id, patient, patient_id, study_uid, action, kos_uid, kos, report_raw, report_uid,
        publish_report, replaces_kos_uid, replaces_report_uid, message_id, created_at, attempts,
@@ -310,9 +311,12 @@ class Outbox:
         return None if row is None else _publication(row)
 
     def publication_by_kos(self, kos_uid: str) -> Publication | None:
+        """The publication whose latest manifest, or the one the index holds, is ``kos_uid``."""
         with self._inbox.reading() as db:
             row = db.execute(
-                f"SELECT {_PUB_COLUMNS} FROM publications WHERE kos_uid = ?", (kos_uid,)
+                f"SELECT {_PUB_COLUMNS} FROM publications"
+                " WHERE kos_uid = ? OR indexed_kos_uid = ? LIMIT 1",
+                (kos_uid, kos_uid),
             ).fetchone()
         return None if row is None else _publication(row)
 

@@ -1,0 +1,278 @@
+"""The Conso's pages (French) and JSON API: a patient's imaging history, reports, import
+into the site's PACS, download as a DICOM ZIP. Every call acts for the professional of the
+session; an exam is reachable only once their history listing showed it."""
+
+from __future__ import annotations
+
+import html
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from drimbox.adapters.conso_web.auth import SessionAuth
+from drimbox.adapters.conso_web.proxy import ConsoProxy
+from drimbox.adapters.dicomweb.errors import HttpProblem
+from drimbox.adapters.documents.report_html import report_html, report_pdf
+from drimbox.adapters.export.dicomdir_zip import write_exam_zip
+from drimbox.adapters.export.localize import LocalIdentity, localize_bytes
+from drimbox.domain.errors import DrimboxError, InvalidInput, NotFound
+from drimbox.domain.identifiers import INS_OIDS, Ins
+from drimbox.services.conso.history import Exam, HistoryService, IndexReader
+from drimbox.services.conso.importer import Importer
+from drimbox.services.conso.sessions import Session
+
+log = logging.getLogger(__name__)
+audit = logging.getLogger("drimbox.audit")
+
+DEFAULT_INS_OID = "1.2.250.1.213.1.4.10"  # test INS; production NIR 1.2.250.1.213.1.4.8
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b}
+table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ddd;padding:.4rem;
+text-align:left;vertical-align:top}th{background:#f3f4f6}.muted{color:#666;font-size:.85em}
+.problem{color:#a40000}a.button,button{padding:.25rem .6rem;margin:.1rem}
+"""
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(
+        f'<!doctype html><html lang="fr"><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{_STYLE}</style></head><body>{body}</body></html>"
+    )
+
+
+def _exam_json(exam: Exam, viewer: str) -> dict[str, Any]:
+    return {
+        "study_uid": exam.study_uid, "date": exam.date.isoformat() if exam.date else None,
+        "description": exam.description, "modalities": list(exam.modalities),
+        "regions": list(exam.regions), "site": exam.site, "series": exam.series_count,
+        "instances": exam.instance_count, "accession": exam.accession,
+        "kos_uid": exam.kos.unique_id if exam.kos else None,
+        "report_uid": exam.report.unique_id if exam.report else None,
+        "viewer_url": (f"{viewer}?StudyInstanceUIDs={exam.study_uid}"
+                       if exam.instance_count else None),
+        "problem": exam.problem or None,
+    }  # fmt: skip
+
+
+class ConsoPages:
+    def __init__(
+        self,
+        auth: SessionAuth,
+        history: HistoryService,
+        index: IndexReader,
+        proxy: ConsoProxy,
+        importer: Importer,
+        *,
+        viewer_url: str = "/viewer/viewer",
+        workdir: Path,
+    ) -> None:
+        self.auth, self.history, self.index, self.proxy = auth, history, index, proxy
+        self.importer = importer
+        self.viewer_url = viewer_url
+        self.workdir = workdir
+
+    def routes(self, prefix: str = "/conso") -> list[Route]:
+        return [
+            *self.auth.routes(prefix + "/api"),
+            Route(prefix + "/api/history", self.api_history, methods=["GET"]),
+            Route(prefix + "/patients/{ins}", self.history_page, methods=["GET"]),
+            Route(prefix + "/reports/{uid}", self.report_page, methods=["GET"]),
+            Route(prefix + "/reports/{uid}/pdf", self.report_file, methods=["GET"]),
+            Route(prefix + "/api/exams/{study}/import", self.start_import, methods=["POST"]),
+            Route(prefix + "/api/imports/{job}", self.import_status, methods=["GET"]),
+            Route(prefix + "/api/exams/{study}/zip", self.download_zip, methods=["GET"]),
+        ]
+
+    # -- history --------------------------------------------------------------------------
+
+    async def _history(self, request: Request, ins: str, oid: str) -> tuple[Session, list[Exam]]:
+        session = await self.auth.require(request)
+        try:
+            patient = Ins.parse(ins, oid)
+        except InvalidInput as exc:
+            raise HttpProblem(400, str(exc)) from None
+        patient_id = f"{patient.value}^^^&{patient.oid}&ISO^NH"
+        try:
+            exams = await run_in_threadpool(self.history.history, patient_id)
+        except DrimboxError as exc:
+            log.warning("history of a patient failed: %s", exc)
+            raise HttpProblem(502, "l'index national ne répond pas, réessayez") from None
+        granted = {e.study_uid: e.kos.unique_id for e in exams if e.kos and e.instance_count}
+        documents = {e.report.unique_id: e.report.repository for e in exams if e.report}
+        self.auth.store.grant(session, patient.value, granted, documents)
+        audit.info("conso history of %s by %s: %d exams", patient.value, session.subject,
+                   len(exams), extra={"event": "conso-history", "who": session.subject,
+                                      "patient": patient.value})  # fmt: skip
+        return session, exams
+
+    async def api_history(self, request: Request) -> Response:
+        ins = request.query_params.get("ins", "")
+        oid = request.query_params.get("oid", DEFAULT_INS_OID)
+        _, exams = await self._history(request, ins, oid)
+        return JSONResponse({"exams": [_exam_json(e, self.viewer_url) for e in exams]})
+
+    async def history_page(self, request: Request) -> Response:
+        ins = request.path_params["ins"]
+        oid = request.query_params.get("oid", DEFAULT_INS_OID)
+        if oid not in INS_OIDS:
+            raise HttpProblem(400, "OID d'INS inconnu")
+        _, exams = await self._history(request, ins, oid)
+        rows = []
+        for e in exams:
+            report = '<span class="muted">pas de compte rendu</span>'
+            if e.report:
+                report = f'<a href="../reports/{quote(e.report.unique_id)}">Compte rendu</a>'
+            if e.instance_count:
+                study = html.escape(e.study_uid)
+                actions = (
+                    f'<a class="button" href="{self.viewer_url}?StudyInstanceUIDs={study}">'
+                    f"Voir les images</a>"
+                    f'<label><input type="checkbox" name="compare" value="{study}">'
+                    f" comparer</label>"
+                    f'<a class="button" href="../api/exams/{study}/zip">Télécharger (ZIP)</a>'
+                    f'<form method="post" action="../api/exams/{study}/import">'
+                    f'<input name="ipp" placeholder="IPP local" required size="10">'
+                    f'<input name="ipp_issuer" placeholder="émetteur" size="10">'
+                    f"<button>Importer dans le PACS</button></form>"
+                )
+            else:
+                actions = f'<span class="problem">{html.escape(e.problem)}</span>'
+            rows.append(
+                f"<tr><td>{e.date.strftime('%d/%m/%Y') if e.date else ''}</td>"
+                f"<td>{html.escape(', '.join(e.modalities))}</td>"
+                f"<td>{html.escape(', '.join(e.regions))}</td><td>{html.escape(e.site)}</td>"
+                f"<td>{html.escape(e.description)}<div class='muted'>{e.series_count} série(s),"
+                f" {e.instance_count} image(s)</div></td><td>{report}</td><td>{actions}</td></tr>"
+            )
+        compare = (
+            "<script>function comparer(){const u=[...document.querySelectorAll("
+            "'input[name=compare]:checked')].map(c=>c.value);if(u.length)location.href="
+            f"'{self.viewer_url}?StudyInstanceUIDs='+u.join(',')}}</script>"
+            '<button onclick="comparer()">Comparer les examens cochés</button>'
+        )
+        body = (
+            f"<h1>Historique d'imagerie</h1><p>Patient INS {html.escape(ins)}</p>"
+            "<table><tr><th>Date</th><th>Modalité</th><th>Région</th><th>Site</th>"
+            "<th>Examen</th><th>Compte rendu</th><th>Actions</th></tr>"
+            + ("".join(rows) or "<tr><td colspan=7>Aucun examen publié.</td></tr>")
+            + f"</table>{compare if exams else ''}"
+        )
+        return _page("Historique d'imagerie", body)
+
+    # -- reports --------------------------------------------------------------------------
+
+    async def _report(self, request: Request) -> tuple[Session, bytes]:
+        session = await self.auth.require(request)
+        uid = request.path_params["uid"]
+        repository = session.documents.get(uid)
+        if repository is None:
+            raise NotFound("ce compte rendu n'a pas été listé dans votre session")
+        found = await run_in_threadpool(self.index.retrieve, repository, [uid])
+        if uid not in found:
+            raise NotFound("l'index ne fournit plus ce compte rendu")
+        audit.info("conso report %s by %s", uid, session.subject,
+                   extra={"event": "conso-report", "who": session.subject})  # fmt: skip
+        return session, found[uid]
+
+    async def report_page(self, request: Request) -> Response:
+        _, cda = await self._report(request)
+        pdf = f"{quote(request.path_params['uid'])}/pdf" if report_pdf(cda) else None
+        return _page("Compte rendu", report_html(cda, pdf_url=pdf))
+
+    async def report_file(self, request: Request) -> Response:
+        _, cda = await self._report(request)
+        pdf = report_pdf(cda)
+        if pdf is None:
+            raise NotFound("ce compte rendu n'a pas de PDF")
+        disposition = {"Content-Disposition": "inline; filename=compte-rendu.pdf"}
+        return Response(pdf, media_type="application/pdf", headers=disposition)
+
+    # -- import and download --------------------------------------------------------------
+
+    async def _exam_items(self, request: Request) -> tuple[Session, Any, Any, list[Any]]:
+        study = request.path_params["study"]
+        session = await self.auth.require(request)
+        kos_uid = session.exams.get(study)
+        if kos_uid is None:
+            raise NotFound("cet examen n'a pas été listé dans votre session")
+        manifest = self.proxy.book.get(kos_uid)
+        remote = self.proxy.remote_for(session, manifest, kos_uid)
+        items = [(s.series_uid, i.sop_instance_uid) for s, i in manifest.instances()]
+        return session, manifest, remote, items
+
+    async def start_import(self, request: Request) -> Response:
+        session, manifest, remote, items = await self._exam_items(request)
+        form: Any
+        if request.headers.get("content-type", "").startswith("application/json"):
+            form = await request.json()
+        else:
+            form = await request.form()
+        ipp = str(form.get("ipp", "")).strip()
+        issuer = str(form.get("ipp_issuer", "")).strip()
+        if not ipp:
+            raise HttpProblem(400, "l'IPP local est obligatoire")
+        try:
+            who = LocalIdentity(ipp=ipp, ipp_issuer=issuer, ins=manifest.patient.ins,
+                                ins_oid=manifest.patient.ins_oid or DEFAULT_INS_OID)  # fmt: skip
+        except InvalidInput as exc:
+            raise HttpProblem(400, str(exc)) from None
+
+        def localize(data: bytes) -> bytes:
+            return bytes(localize_bytes(data, who))
+
+        job = self.importer.start(manifest.study.study_uid, remote.kos_uid, items, ipp,
+                                  session.subject, localize, remote)  # fmt: skip
+        audit.info("conso import of %s by %s as IPP %s", manifest.study.study_uid,
+                   session.subject, ipp,
+                   extra={"event": "conso-import", "who": session.subject})  # fmt: skip
+        if "text/html" in request.headers.get("accept", ""):
+            return _page("Import", f"<p>Import lancé ({job.total} images).</p><p><a href="
+                         f'"../../imports/{job.id}">Suivre la progression</a></p>')  # fmt: skip
+        return JSONResponse(job.as_dict(), status_code=202,
+                            headers={"Location": f"../../imports/{job.id}"})  # fmt: skip
+
+    async def import_status(self, request: Request) -> Response:
+        session = await self.auth.require(request)
+        try:
+            job = self.importer.job(int(request.path_params["job"]))
+        except ValueError:
+            job = None
+        if job is None or job.study_uid not in session.exams:
+            raise NotFound("pas d'import de ce numéro dans votre session")
+        return JSONResponse(job.as_dict())
+
+    async def download_zip(self, request: Request) -> Response:
+        session, manifest, remote, items = await self._exam_items(request)
+        study = manifest.study.study_uid
+        images = self.proxy.images
+        hits, misses = await run_in_threadpool(images.cached, study, items)
+
+        def build() -> Path:
+            files = [p for _, p in hits]
+            files += [p for _, p in images.arrivals(study, misses, remote)]
+            fd, name = tempfile.mkstemp(dir=self.workdir, suffix=".zip")
+            readme = (f"Examen {study} du patient INS {manifest.patient.ins}\n"
+                      f"Exporté par DRIMbox pour {session.subject}.\n")  # fmt: skip
+            try:
+                with open(fd, "wb") as handle:
+                    write_exam_zip(files, handle, readme=readme, tmp_dir=self.workdir)
+            except BaseException:
+                Path(name).unlink(missing_ok=True)
+                raise
+            return Path(name)
+
+        path = await run_in_threadpool(build)
+        audit.info("conso download of %s by %s", study, session.subject,
+                   extra={"event": "conso-download", "who": session.subject})  # fmt: skip
+        name = f"examen-{(manifest.study.date or '')!s}-{study[-12:]}.zip"
+        return FileResponse(path, media_type="application/zip", filename=name,
+                            background=BackgroundTask(path.unlink, missing_ok=True))  # fmt: skip

@@ -1,0 +1,98 @@
+"""The Conso side of ``drimbox box``: wires the history (index), the viewer proxy (Source
+boxes), import (the site's PACS), download and the OHIF viewer into HTTP routes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from starlette.routing import BaseRoute
+
+from drimbox.adapters.cache.instance_cache import InstanceCache
+from drimbox.adapters.conso_web.auth import SessionAuth, TokenVerifier
+from drimbox.adapters.conso_web.pages import ConsoPages
+from drimbox.adapters.conso_web.proxy import ConsoProxy, RemoteSourceFetcher
+from drimbox.adapters.dimse.scu import send_files
+from drimbox.adapters.documents.manifest_codec import KosCodec
+from drimbox.adapters.xds.client import XdsClient
+from drimbox.adapters.xds.conso_index import XdsIndexReader
+from drimbox.services.conso.history import HistoryService, ManifestBook
+from drimbox.services.conso.importer import Importer
+from drimbox.services.conso.sessions import SessionStore
+from drimbox.services.conso.sources import AllowedSources
+from drimbox.services.source.images import ImageProvider
+from drimbox.settings import BoxSettings, ConfigError
+
+log = logging.getLogger(__name__)
+
+PROXY_ROOT = "/conso/dicomweb"
+VIEWER = "/viewer"
+
+
+@dataclass
+class Conso:
+    images: ImageProvider
+    importer: Importer
+    client: XdsClient
+    http: httpx.Client
+    cache: InstanceCache
+    proxy: ConsoProxy
+    routes: list[BaseRoute] = field(default_factory=list)
+
+    def stop(self) -> None:
+        self.images.close()
+        self.importer.close()
+        self.client.close()
+        self.http.close()
+        self.cache.close()
+
+
+def ohif_dist(settings: BoxSettings) -> Path | None:
+    folder = settings.conso.ohif_dir or (
+        Path(os.environ["DRIMBOX_OHIF_DIR"]) if os.environ.get("DRIMBOX_OHIF_DIR") else None
+    )
+    if folder is not None and not (folder / "index.html").is_file():
+        raise ConfigError(f"box.conso.ohif_dir: no OHIF build (index.html) in {folder}")
+    return folder
+
+
+def start_conso(settings: BoxSettings, verifier: TokenVerifier) -> Conso:
+    conso = settings.conso
+    try:
+        allowed = AllowedSources(conso.allowed_sources)
+    except ValueError as exc:
+        raise ConfigError(f"box.conso.allowed_sources: {exc}") from None
+    folder = settings.data_dir / "conso"
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = InstanceCache(settings.data_dir / "conso-cache", conso.cache_max_bytes)
+    http = httpx.Client(timeout=httpx.Timeout(conso.source_timeout), follow_redirects=False)
+    images = ImageProvider(cache, RemoteSourceFetcher(http))
+    client = XdsClient(settings.index_url, timeout=settings.index_timeout)
+    index = XdsIndexReader(client)
+    book = ManifestBook()
+    auth = SessionAuth(SessionStore(conso.session_idle), verifier, conso.secure_cookie)
+    proxy = ConsoProxy(auth, book, allowed, images, settings.base_url + PROXY_ROOT,
+                       timeout=conso.source_timeout)  # fmt: skip
+    pacs = settings.pacs
+
+    def send(files: list[Path]) -> tuple[int, list[tuple[Path, str]]]:
+        report = send_files(files, pacs.host, pacs.port, pacs.aet, pacs.calling_aet)
+        return report.sent, report.failed
+
+    importer = Importer(folder / "imports.sqlite", images.provide, send, folder / "work")
+    pages = ConsoPages(auth, HistoryService(index, KosCodec(), book), index, proxy, importer,
+                       viewer_url=VIEWER + "/viewer", workdir=folder / "work")  # fmt: skip
+    routes: list[BaseRoute] = [*pages.routes("/conso"), *proxy.routes(PROXY_ROOT)]
+    dist = ohif_dist(settings)
+    if dist is not None:
+        from drimbox.adapters.viewer.ohif import viewer_routes
+
+        routes += viewer_routes(dist, mount=VIEWER, dicomweb_root=PROXY_ROOT)
+    else:
+        log.warning("no OHIF build configured (box.conso.ohif_dir): the viewer is not served")
+    log.info("Conso: history from %s, %d allowed Source box(es), viewer %s",
+             settings.index_url, len(conso.allowed_sources), "on" if dist else "off")  # fmt: skip
+    return Conso(images, importer, client, http, cache, proxy, routes)
