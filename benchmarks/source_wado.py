@@ -56,7 +56,9 @@ from drimbox.synth import write_ct_study
 ACCEPT = 'multipart/related; type="application/dicom"'
 
 
-def prepare_box(folder: Path, files: list[Path], warm: bool) -> tuple[str, str, str]:
+def prepare_box(
+    folder: Path, files: list[Path], warm: bool, kos_uid: str = ""
+) -> tuple[str, str, str]:
     """Publication in the box's archive (and the images in its cache when ``warm``)."""
     first = dcmread(files[0], stop_before_pixels=True)
     study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
@@ -68,14 +70,17 @@ def prepare_box(folder: Path, files: list[Path], warm: bool) -> tuple[str, str, 
         if warm:
             cache.put(study, series, str(ds.SOPInstanceUID), path)
     cache.close()
-    kos_uid = new_uid()
+    kos_uid = kos_uid or new_uid()
     manifest = ImagingManifest(
         sop_instance_uid=kos_uid, series_instance_uid=new_uid(),
         patient=ManifestPatient("248000000000070", "1.2.250.1.213.1.4.10", "BENCH", "MARK"),
         study=ManifestStudy(study, date=date(2024, 1, 15)),
-        series=(ManifestSeries(series, "CT", 1, instances=tuple(instances)),),
+        series=(ManifestSeries(series, "CT", 1, instances=tuple(instances),
+                               retrieve_url=f"http://box-a/dicomweb/studies/{study}/series/{series}"),),
     )  # fmt: skip
+    (folder / "source").mkdir(parents=True, exist_ok=True)
     inbox = Inbox(folder / "source", parse_message)
+    Outbox(inbox)  # creates its tables
     with inbox.transaction() as db:
         Outbox.record(db, Publication(
             study_uid=study, patient="248000000000070",
@@ -136,7 +141,8 @@ def instances_rate(urls: list[str], headers: dict[str, str], clients: int, work:
     start = time.perf_counter()
     for c in range(clients):
         cfg = work / f"curl-{c}.cfg"
-        lines = [f'header = "{n}: {v}"' for n, v in {**headers, "Accept": ACCEPT}.items()]
+        quoted = {n: v.replace('"', '\\"') for n, v in {**headers, "Accept": ACCEPT}.items()}
+        lines = [f'header = "{n}: {v}"' for n, v in quoted.items()]
         for url in urls[c::clients]:
             lines += [f'url = "{url}"', 'output = "/dev/null"']
         cfg.write_text("\n".join(lines) + "\n")
@@ -197,7 +203,7 @@ def main() -> int:
         cold: list[tuple[float, float]] = []
         for i in range(args.repeat):
             folder = work / f"box-cold-{i}"
-            prepare_box(folder, files, warm=False)
+            prepare_box(folder, files, warm=False, kos_uid=kos)
             with running_box(folder, orthanc, psc) as ours:
                 _, total, first = curl(f"{ours}/studies/{study}", {**auth, "Accept": ACCEPT})
             cold.append((total, first))

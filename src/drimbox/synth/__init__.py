@@ -4,6 +4,12 @@ The ``drimbox synth`` command calls :func:`generate_history` (a multi-site histo
 manifest) and :func:`write_ct_study` (one large CT series for benchmarks).
 """
 
-from drimbox.synth.generate import SynthManifest, generate_history, write_ct_study
+from drimbox.synth.generate import (
+    CtExam,
+    SynthManifest,
+    generate_history,
+    write_ct_exam,
+    write_ct_study,
+)
 
-__all__ = ["SynthManifest", "generate_history", "write_ct_study"]
+__all__ = ["CtExam", "SynthManifest", "generate_history", "write_ct_exam", "write_ct_study"]

@@ -395,6 +395,23 @@ def write_ct_study(
     Files go to ``out_dir/dicom/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``. Meant for
     benchmarks (a 500 x 512 x 512 study is about 260 MB).
     """
+    return write_ct_exam(out_dir, slices, rows, columns, seed).files
+
+
+@dataclass(frozen=True)
+class CtExam:
+    files: list[Path]
+    study_uid: str
+    patient_ins: str
+    ins_oid: str
+    oru: bytes
+    """The RIS's ORU^R01 for its validated report (what makes a box publish it)."""
+
+
+def write_ct_exam(
+    out_dir: Path, slices: int = 500, rows: int = 512, columns: int = 512, seed: int = 0
+) -> CtExam:
+    """:func:`write_ct_study`, with the report message that publishes it."""
     if slices < 1:
         raise ValueError("a CT series needs at least one slice")
     site = make_sites(1, seed)[0]
@@ -437,4 +454,11 @@ def write_ct_study(
         series=(series,),
         pixel_seed=rng.getrandbits(32),
     )
-    return write_exam(exam, out_dir / "dicom")[series.uid]
+    files = write_exam(exam, out_dir / "dicom")[series.uid]
+    authored = exam.end + timedelta(minutes=30)
+    report = make_report(exam, document_id=f"{site.document_oid}.1", set_id=f"{site.set_oid}.1",
+                         authored=authored)  # fmt: skip
+    oru = build_message(report, "ORU", "new", control_id="CT0001",
+                        sent=authored + timedelta(minutes=1))  # fmt: skip
+    return CtExam(files, exam.study_uid, patient.ins.value, patient.ins.oid,
+                  oru.encode("utf-8"))  # fmt: skip

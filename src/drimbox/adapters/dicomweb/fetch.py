@@ -24,6 +24,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from drimbox.adapters.dicomweb.multipart import MultipartError, MultipartStream
+from drimbox.adapters.dicomweb.part10 import quick_uids
 from drimbox.domain.errors import InvalidIdentifier, InvalidInput, NotFound, PeerUnavailable
 from drimbox.domain.identifiers import is_valid_uid
 
@@ -331,6 +332,9 @@ def _describe(exc: httpx.TransportError) -> str:
 
 def _identify(data: bytes) -> tuple[str, str, str]:
     """(SOP Instance, Study, Series UIDs) of a Part 10 object, reading only its header."""
+    quick = quick_uids(data)
+    if quick is not None and all(is_valid_uid(u) for u in quick):
+        return quick
     try:
         ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_UID_TAGS)
         has_meta = bool(getattr(ds.file_meta, "TransferSyntaxUID", None))

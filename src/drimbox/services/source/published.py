@@ -39,11 +39,16 @@ class PublishedContent:
         self.outbox = outbox
         self.codec = codec
         self._cached_manifests = cached_manifests
-        self._manifests: OrderedDict[str, ImagingManifest] = OrderedDict()
+        self._manifests: OrderedDict[str, tuple[ImagingManifest, dict[str, Selected]]] = (
+            OrderedDict()
+        )
         self._lock = threading.Lock()
 
     def manifest(self, kos_uid: str) -> ImagingManifest:
         """The content ``kos_uid`` gives access to; NotFound when it gives none."""
+        return self._granted(kos_uid)[0]
+
+    def _granted(self, kos_uid: str) -> tuple[ImagingManifest, dict[str, Selected]]:
         pub = self.outbox.publication_by_kos(kos_uid)
         if pub is None or not _grants(pub, kos_uid):
             raise NotFound(f"no published manifest {kos_uid[:80]} here")
@@ -53,9 +58,14 @@ class PublishedContent:
         self, kos_uid: str, study: str, series: str | None = None, sop: str | None = None
     ) -> tuple[ImagingManifest, list[Selected]]:
         """The manifest's instances under a study/series/instance path, in manifest order."""
-        manifest = self.manifest(kos_uid)
+        manifest, by_sop = self._granted(kos_uid)
         if manifest.study.study_uid != study:
             raise NotFound("the study is not the one of this manifest")
+        if sop is not None:  # one instance: the viewer's and the benchmark's hot path
+            one = by_sop.get(sop)
+            if one is None or (series is not None and one.series_uid != series):
+                raise NotFound("no such series or instance in this manifest")
+            return manifest, [one]
         chosen = [
             Selected(s, i)
             for s, i in manifest.instances()
@@ -66,7 +76,7 @@ class PublishedContent:
             raise NotFound("no such series or instance in this manifest")
         return manifest, chosen
 
-    def _decode(self, pub: Publication) -> ImagingManifest:
+    def _decode(self, pub: Publication) -> tuple[ImagingManifest, dict[str, Selected]]:
         key = f"{pub.kos_uid}@{pub.updated_at}"  # a replacement changes both
         with self._lock:
             found = self._manifests.get(key)
@@ -74,11 +84,12 @@ class PublishedContent:
                 self._manifests.move_to_end(key)
                 return found
         manifest = self.codec.decode(pub.kos)
+        decoded = manifest, {i.sop_instance_uid: Selected(s, i) for s, i in manifest.instances()}
         with self._lock:
-            self._manifests[key] = manifest
+            self._manifests[key] = decoded
             while len(self._manifests) > self._cached_manifests:
                 self._manifests.popitem(last=False)
-        return manifest
+        return decoded
 
 
 def _grants(pub: Publication, kos_uid: str) -> bool:
