@@ -1,7 +1,7 @@
 """The Source box's WADO-RS vs Orthanc's, same machine, same run, same 500-slice CT (issue:
 Conso and Source retrieval).
 
-    python benchmarks/source_wado.py [--slices 500] [--repeat 3]
+    python benchmarks/source_wado.py [--slices 500] [--repeat 3] [--source-workers N]
 
 The box runs as its own process (``drimbox box``), its PACS being that Orthanc (reached over
 DICOMweb); the exam is published in its archive, tokens are checked against a fake PSC
@@ -93,8 +93,10 @@ def prepare_box(
 
 
 @contextmanager
-def running_box(folder: Path, orthanc: Orthanc, psc: FakePsc) -> Iterator[str]:
+def running_box(folder: Path, orthanc: Orthanc, psc: FakePsc, workers: int = 0) -> Iterator[str]:
+    """The box's Source root: on its HTTP port, or with ``workers`` on a port of its own."""
     port = free_port()
+    source_port = free_port() if workers else 0
     env = {
         **os.environ, "DRIMBOX_BOX__DATA_DIR": str(folder), "DRIMBOX_BOX__HTTP_PORT": str(port),
         "DRIMBOX_BOX__MLLP_PORT": str(free_port()), "DRIMBOX_BOX__DICOM_PORT": "0",
@@ -104,13 +106,16 @@ def running_box(folder: Path, orthanc: Orthanc, psc: FakePsc) -> Iterator[str]:
         "DRIMBOX_BOX__PSC__INTROSPECTION_URL": psc.introspection_url,
         "DRIMBOX_BOX__PSC__CLIENT_ID": "drimbox", "DRIMBOX_BOX__PSC__CLIENT_SECRET": "secret",
         "DRIMBOX_BOX__LOGGING__LEVEL": "WARNING",
+        "DRIMBOX_BOX__SOURCE_PORT": str(source_port), "DRIMBOX_BOX__SOURCE_WORKERS": str(workers),
     }  # fmt: skip
     log = (folder / "box.log").open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "drimbox", "box"], env=env, stdout=log,
                             stderr=subprocess.STDOUT)  # fmt: skip
     try:
         wait_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}/dicomweb"
+        if source_port:
+            wait_port(source_port, proc=proc)
+        yield f"http://127.0.0.1:{source_port or port}/dicomweb"
     finally:
         stop(proc)
 
@@ -163,6 +168,12 @@ def main() -> int:
     )
     parser.add_argument("--slices", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--source-workers",
+        type=int,
+        default=0,
+        help="serve the Source on its own port with N processes (0: one)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="drimbox-bench-source-"))
     files = sorted(write_ct_study(work / "ct", slices=args.slices))
@@ -179,7 +190,7 @@ def main() -> int:
         sops = [str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
         auth = {"Authorization": f"Bearer {psc.issue(lifetime=3600)}", "KOS-SOPInstanceUID": kos}
         theirs = f"{orthanc.url}/dicom-web"
-        with running_box(work / "box-warm", orthanc, psc) as ours:
+        with running_box(work / "box-warm", orthanc, psc, args.source_workers) as ours:
             print("whole study, warm", flush=True)
             rows.append(("WADO-RS whole study, warm (MB/s)",
                          study_rate(f"{ours}/studies/{study}", auth, args.repeat),
@@ -204,7 +215,7 @@ def main() -> int:
         for i in range(args.repeat):
             folder = work / f"box-cold-{i}"
             prepare_box(folder, files, warm=False, kos_uid=kos)
-            with running_box(folder, orthanc, psc) as ours:
+            with running_box(folder, orthanc, psc, args.source_workers) as ours:
                 _, total, first = curl(f"{ours}/studies/{study}", {**auth, "Accept": ACCEPT})
             cold.append((total, first))
             shutil.rmtree(folder, ignore_errors=True)

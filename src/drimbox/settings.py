@@ -217,6 +217,11 @@ class BoxSettings(_Section):
     public_url: str = ""
     """Base URL other boxes reach this one at (default ``http://host:http_port``)."""
     data_dir: Path = Path("./drimbox-box")
+    source_port: int = Field(default=0, ge=0, le=65535)
+    """A port of its own for the Source WADO-RS (what other boxes reach: ``public_url`` then
+    points at it), served by ``source_workers`` processes; 0 = on ``http_port``."""
+    source_workers: int = Field(default=0, ge=0, le=32)
+    """Processes serving ``source_port``; 0 = one per core (at least 2)."""
     mllp_port: int = Field(default=2575, ge=0, le=65535)
     mllp_tls_cert: Path | None = None
     """PEM certificate chain + key (``mllp_tls_key``) to serve MLLP over TLS."""
@@ -252,7 +257,10 @@ class BoxSettings(_Section):
     @model_validator(mode="after")
     def _v_ports(self) -> BoxSettings:
         _distinct_ports(
-            http_port=self.http_port, mllp_port=self.mllp_port, dicom_port=self.dicom_port
+            http_port=self.http_port,
+            source_port=self.source_port,
+            mllp_port=self.mllp_port,
+            dicom_port=self.dicom_port,
         )
         return self
 

@@ -5,8 +5,10 @@ ANS DRIM-M validator samples."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -414,3 +416,35 @@ def test_ans_sample_request_is_answered(
             dcmread(f) for f in sample_files if dcmread(f).SOPInstanceUID == ds.SOPInstanceUID
         )
         assert np.array_equal(ds.pixel_array, original.pixel_array)
+
+
+def test_source_port_served_by_worker_processes(
+    tmp_path: Path, pacs: Pacs, index: IndexServer, signer_files: tuple[Path, Path],
+    psc: FakePsc, exams: list[Exam],
+) -> None:  # fmt: skip
+    """``source_port``: other boxes' requests spread over worker processes, which share the
+    archive and the cache with the main process."""
+    port = free_port()
+    settings = box_settings(
+        tmp_path / "box", pacs.aet, pacs.port, index.url, signer_files, prefetch=False,
+        source_port=port, source_workers=2, conso={"enabled": False},
+        psc={"introspection_url": psc.introspection_url, "client_id": "drimbox",
+             "client_secret": "secret"},
+    )  # fmt: skip
+    exam = exams[0]
+    series = exam.record["series"][0]
+    with running_box(with_pacs(settings, dicomweb_url=pacs.dicomweb)) as b:
+        kos = generate_uid()
+        publish_directly(b, kos, exam.study_uid, series["series_uid"], series["sop_instance_uids"])
+        deadline = time.monotonic() + 30
+        pids: set[int] = set()
+        while len(pids) < 2 and time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                pids.add(httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["pid"])
+            time.sleep(0.05)
+        assert len(pids) == 2
+        r = httpx.get(f"http://127.0.0.1:{port}/dicomweb/studies/{exam.study_uid}/series/"
+                      f"{series['series_uid']}", headers=headers(psc, kos), timeout=60)  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert {str(dcmread(io.BytesIO(b), stop_before_pixels=True).SOPInstanceUID)
+                for _, b in parts(r)} == set(series["sop_instance_uids"])  # fmt: skip

@@ -42,6 +42,7 @@ from drimbox.domain.manifest import ExamInventory
 from drimbox.domain.report import ReportMessage
 from drimbox.domain.xds import Code
 from drimbox.entrypoints.conso import Conso, start_conso
+from drimbox.entrypoints.workers import WorkerPool
 from drimbox.log import configure_logging
 from drimbox.services.source.images import ImageProvider
 from drimbox.services.source.inbox import IOCM_EVENT, Accepted, Inbox
@@ -150,8 +151,11 @@ class SourceBox:
     prefetcher: Prefetcher | None = None
     routes: list[BaseRoute] = field(default_factory=list)
     conso: Conso | None = None
+    source_pool: WorkerPool | None = None
 
     def stop(self) -> None:
+        if self.source_pool is not None:
+            self.source_pool.stop()
         self.mllp.stop()
         self.images.close()
         if self.conso is not None:
@@ -228,15 +232,21 @@ def start_source(settings: BoxSettings) -> SourceBox:
              mllp.port, f"{settings.dicom_aet}@{settings.host}:{iocm.port}" if iocm else "off",
              settings.index_url, settings.wado_base)  # fmt: skip
     verifier = token_verifier(settings)
-    wado = SourceWado(PublishedContent(outbox, codec), images, verifier, settings.wado_base)
-    routes: list[BaseRoute] = [*admin_routes(inbox, outbox, pipeline.wake),
-                               *wado.routes("/dicomweb")]  # fmt: skip
+    routes: list[BaseRoute] = list(admin_routes(inbox, outbox, pipeline.wake))
+    source_pool = None
+    if settings.source_port:
+        from drimbox.entrypoints.source_workers import start_source_workers
+
+        source_pool = start_source_workers(settings)
+    else:
+        routes += SourceWado(PublishedContent(outbox, codec), images, verifier,
+                             settings.wado_base).routes("/dicomweb")  # fmt: skip
     conso = None
     if settings.conso.enabled:
         conso = start_conso(settings, verifier)
         routes += conso.routes
     return SourceBox(settings, inbox, outbox, pipeline, mllp, iocm, client, cache, images,
-                     prefetcher, routes, conso)  # fmt: skip
+                     prefetcher, routes, conso, source_pool)  # fmt: skip
 
 
 def pacs_fetcher(settings: BoxSettings, cache: InstanceCache) -> CGetFetcher | DicomwebFetcher:

@@ -127,7 +127,10 @@ class InstanceCache:
         *,
         touch_flush_seconds: float = 5.0,
         fsync: bool = False,
+        owner: bool = True,
     ) -> None:
+        """``owner=False`` for a process that shares the folder with its owner (a serving
+        worker): it must not sweep ``tmp/``, where the owner may be writing."""
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         self.root = root.resolve()
@@ -148,7 +151,8 @@ class InstanceCache:
         self._touched: dict[Key, float] = {}
         self._last_flush = time.monotonic()
         self._hits = self._misses = self._puts = self._evictions = 0
-        self._clear_stale_temp()
+        if owner:
+            self._clear_stale_temp()
         if new_index:
             self.rescan()
 
