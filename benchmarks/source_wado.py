@@ -105,7 +105,7 @@ def running_box(folder: Path, orthanc: Orthanc, psc: FakePsc, workers: int = 0) 
         "DRIMBOX_BOX__PACS__AET": orthanc.aet, "DRIMBOX_BOX__PACS__PORT": str(orthanc.port),
         "DRIMBOX_BOX__PSC__INTROSPECTION_URL": psc.introspection_url,
         "DRIMBOX_BOX__PSC__CLIENT_ID": "drimbox", "DRIMBOX_BOX__PSC__CLIENT_SECRET": "secret",
-        "DRIMBOX_BOX__LOGGING__LEVEL": "WARNING",
+        "DRIMBOX_BOX__LOGGING__LEVEL": os.environ.get("BENCH_BOX_LOG", "WARNING"),
         "DRIMBOX_BOX__SOURCE_PORT": str(source_port), "DRIMBOX_BOX__SOURCE_WORKERS": str(workers),
     }  # fmt: skip
     log = (folder / "box.log").open("ab")
