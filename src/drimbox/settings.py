@@ -162,6 +162,25 @@ class BoxPacsSettings(_Section):
     _v_aet = field_validator("aet", "calling_aet")(classmethod(lambda cls, v: _check_aet(v)))
 
 
+class BoxTlsSettings(_Section):
+    """The box's certificate (health PKI server/ORG certificate) and whom it trusts.
+
+    With ``cert`` set, the Source port demands a client certificate chaining to
+    ``trust_anchors`` whose common name is one of ``allowed_boxes``, the HTTP port serves
+    TLS, and the Conso presents ``cert`` to Source boxes and checks theirs."""
+
+    cert: Path | None = None
+    """PEM: the box's certificate then its CA chain."""
+    key: Path | None = None
+    trust_anchors: Path | None = None
+    """PEM CA certificates peers' chains must end at (IGC-Santé roots)."""
+    allowed_boxes: list[str] = Field(default_factory=list)
+    """Host names (certificate common names) of the boxes that may call the Source."""
+    users_https: bool = True
+    """Serve the users' port (Conso, viewer, admin) over TLS with ``cert`` too; off when a
+    reverse proxy in front of it terminates TLS."""
+
+
 class PscSettings(_Section):
     """Pro Santé Connect as a resource server sees it (RFC 7662 token introspection)."""
 
@@ -189,6 +208,9 @@ class ConsoSettings(_Section):
     secure_cookie: bool = True
     """Session cookie only over HTTPS (turn off for a plain-HTTP test bench)."""
     source_timeout: float = Field(default=60.0, gt=0)
+    users_url: str = ""
+    """Base URL the professionals' browsers reach the box at (e.g. behind a reverse proxy);
+    empty = the one each request names."""
 
 
 class SiteSettings(_Section):
@@ -249,10 +271,20 @@ class BoxSettings(_Section):
     """PEM certificates: the signing certificate first, then its CA chain."""
     site: SiteSettings = SiteSettings()
     psc: PscSettings = PscSettings()
+    tls: BoxTlsSettings = BoxTlsSettings()
     conso: ConsoSettings = ConsoSettings()
     logging: LoggingSettings = LoggingSettings()
 
     _v_aet = field_validator("dicom_aet")(classmethod(lambda cls, v: _check_aet(v)))
+
+    @model_validator(mode="after")
+    def _v_tls(self) -> BoxSettings:
+        tls = self.tls
+        if tls.cert is not None and (tls.key is None or tls.trust_anchors is None):
+            raise ValueError("tls.cert needs tls.key and tls.trust_anchors")
+        if tls.cert is not None and not self.source_port:
+            raise ValueError("mutual TLS between boxes needs source_port (the Source's own port)")
+        return self
 
     @model_validator(mode="after")
     def _v_ports(self) -> BoxSettings:

@@ -7,9 +7,10 @@ import pytest
 from pydicom import dcmread
 
 from drimbox.synth import generate_history
-from tests.peers import Pacs, running_pacs
 
 # the Source's network parts (module-scoped; a module defining its own overrides them)
+from tests.box_pki import pki  # noqa: F401
+from tests.peers import Pacs, running_pacs
 from tests.source_exams import exams, index, signer_files  # noqa: F401
 
 

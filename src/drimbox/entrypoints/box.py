@@ -288,9 +288,11 @@ def run_box(settings: BoxSettings) -> int:
     box = start_source(settings)
     try:
         if settings.http_port:
+            from drimbox.entrypoints.source_workers import tls_options
+
             config = uvicorn.Config(create_app(box), host=settings.host, port=settings.http_port,
                                     log_level="warning", access_log=False, loop="uvloop",
-                                    http="httptools")  # fmt: skip
+                                    **tls_options(settings, client_certs=False))  # fmt: skip
             log.info("box HTTP on http://%s:%d/ (admin: /admin)", settings.host,
                      settings.http_port)  # fmt: skip
             uvicorn.Server(config).run()

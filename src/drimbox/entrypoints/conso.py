@@ -17,6 +17,7 @@ from drimbox.adapters.conso_web.pages import ConsoPages
 from drimbox.adapters.conso_web.proxy import ConsoProxy, RemoteSourceFetcher
 from drimbox.adapters.dimse.scu import send_files
 from drimbox.adapters.documents.manifest_codec import KosCodec
+from drimbox.adapters.trust.peer_tls import client_context
 from drimbox.adapters.xds.client import XdsClient
 from drimbox.adapters.xds.conso_index import XdsIndexReader
 from drimbox.services.conso.history import HistoryService, ManifestBook
@@ -68,14 +69,21 @@ def start_conso(settings: BoxSettings, verifier: TokenVerifier) -> Conso:
     folder = settings.data_dir / "conso"
     folder.mkdir(parents=True, exist_ok=True)
     cache = InstanceCache(settings.data_dir / "conso-cache", conso.cache_max_bytes)
-    http = httpx.Client(timeout=httpx.Timeout(conso.source_timeout), follow_redirects=False)
+    tls = settings.tls
+    # towards Source boxes: our certificate, and theirs checked against the anchors
+    verify = client_context(str(tls.cert) if tls.cert else None,
+                            str(tls.key) if tls.key else None,
+                            str(tls.trust_anchors) if tls.trust_anchors else None)  # fmt: skip
+    http = httpx.Client(timeout=httpx.Timeout(conso.source_timeout), follow_redirects=False,
+                        verify=verify)  # fmt: skip
     images = ImageProvider(cache, RemoteSourceFetcher(http))
     client = XdsClient(settings.index_url, timeout=settings.index_timeout)
     index = XdsIndexReader(client)
     book = ManifestBook()
     auth = SessionAuth(SessionStore(conso.session_idle), verifier, conso.secure_cookie)
-    proxy = ConsoProxy(auth, book, allowed, images, settings.base_url + PROXY_ROOT,
-                       timeout=conso.source_timeout)  # fmt: skip
+    proxy = ConsoProxy(auth, book, allowed, images, PROXY_ROOT,
+                       timeout=conso.source_timeout, verify=verify,
+                       users_url=conso.users_url)  # fmt: skip
     pacs = settings.pacs
 
     def send(files: list[Path]) -> tuple[int, list[tuple[Path, str]]]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -20,6 +22,7 @@ from drimbox.adapters.dicomweb.errors import EXCEPTION_HANDLERS
 from drimbox.adapters.documents.manifest_codec import KosCodec
 from drimbox.adapters.hl7.parse import parse_message
 from drimbox.adapters.source_web.wado import SourceWado
+from drimbox.adapters.trust.peer_tls import PeerPolicy, TlsHttpToolsProtocol
 from drimbox.entrypoints.workers import WorkerPool
 from drimbox.log import configure_logging
 from drimbox.services.source.images import ImageProvider
@@ -34,8 +37,9 @@ log = logging.getLogger(__name__)
 def source_app(settings: BoxSettings, outbox: Outbox, images: ImageProvider) -> Starlette:
     from drimbox.entrypoints.box import token_verifier
 
+    peers = PeerPolicy(settings.tls.allowed_boxes) if settings.tls.cert else None
     wado = SourceWado(PublishedContent(outbox, KosCodec()), images, token_verifier(settings),
-                      settings.wado_base)  # fmt: skip
+                      settings.wado_base, peers=peers)  # fmt: skip
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "pid": os.getpid()})
@@ -61,8 +65,23 @@ def _source_worker(settings_json: str, number: int, parent_pid: int) -> None:
         return  # the parent is already gone: do not serve its port
     log.info("Source WADO-RS worker %d on %s:%d", number, settings.host, settings.source_port)
     config = uvicorn.Config(source_app(settings, outbox, images), log_level="warning",
-                            access_log=False, loop="uvloop", http="httptools")  # fmt: skip
+                            access_log=False, loop="uvloop", **tls_options(settings))  # fmt: skip
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def tls_options(settings: BoxSettings, client_certs: bool = True) -> dict[str, Any]:
+    """uvicorn options: mutual TLS on the Source port (the caller's certificate reaches the
+    application), server TLS only on the users' port; plain HTTP when no certificate."""
+    tls = settings.tls
+    if tls.cert is None or not (client_certs or tls.users_https):
+        return {"http": "httptools"}
+    options: dict[str, Any] = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+    if client_certs:
+        options.update(ssl_ca_certs=str(tls.trust_anchors), ssl_cert_reqs=ssl.CERT_REQUIRED,
+                       http=TlsHttpToolsProtocol)  # fmt: skip
+    else:
+        options["http"] = "httptools"
+    return options
 
 
 def start_source_workers(settings: BoxSettings) -> WorkerPool:

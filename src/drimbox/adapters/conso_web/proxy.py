@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from drimbox.adapters.source_web.wado import (
     _multipart,
     _qido,
 )
+from drimbox.adapters.storage.pacs_store import BULK_BASE
 from drimbox.domain.errors import NotFound
 from drimbox.domain.identifiers import is_valid_uid
 from drimbox.domain.manifest import ImagingManifest, ManifestSeries
@@ -86,19 +88,23 @@ class ConsoProxy:
         book: ManifestBook,
         allowed: AllowedSources,
         images: ImageProvider,
-        proxy_base: str,
+        proxy_prefix: str,
         *,
         timeout: float = 60.0,
+        verify: ssl.SSLContext | bool = True,
+        users_url: str = "",
     ) -> None:
+        self.users_url = users_url.rstrip("/")
         self.sessions = sessions  # ``adapters.conso_web.auth.SessionAuth``
         self.book = book
         self.allowed = allowed
         self.images = images
-        self.base = proxy_base.rstrip("/")
+        self.prefix = proxy_prefix.rstrip("/")
         self.metadata = MetadataCache()
         # identity: a gzipped body would be passed on without its Content-Encoding
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False,
-                                      headers={"Accept-Encoding": "identity"})  # fmt: skip
+                                      headers={"Accept-Encoding": "identity"},
+                                      verify=verify)  # fmt: skip
         self._prefetching: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -152,6 +158,11 @@ class ConsoProxy:
             raise NotFound("no such series in this exam")
         return session, manifest, Remote(self._source_base(series), kos_uid, session.access_token)
 
+    def _base(self, request: Request) -> str:
+        """Our root as users reach it: the configured URL, else the one the request names
+        (URLs in answers must lead the viewer back here)."""
+        return (self.users_url or str(request.base_url).rstrip("/")) + self.prefix
+
     def remote_for(self, session: Session, manifest: ImagingManifest, kos_uid: str) -> Remote:
         return Remote(self._source_base(list(manifest.series)), kos_uid, session.access_token)
 
@@ -189,20 +200,21 @@ class ConsoProxy:
         rows = []
         for kos_uid in list(session.exams.values()):
             try:
-                rows.append(qido.study_json(self.book.get(kos_uid), self.base))
+                rows.append(qido.study_json(self.book.get(kos_uid), self._base(request)))
             except NotFound:
                 continue
         return _qido(request, rows)
 
     async def search_series(self, request: Request) -> Response:
         _, manifest, _ = await self._exam(request)
-        return _qido(request, [qido.series_json(manifest, s, self.base) for s in manifest.series])
+        base = self._base(request)
+        return _qido(request, [qido.series_json(manifest, s, base) for s in manifest.series])
 
     async def search_instances(self, request: Request) -> Response:
         _, manifest, _ = await self._exam(request)
         series_uid = request.path_params.get("series")
         rows = [
-            qido.instance_json(manifest, s, i, self.base)
+            qido.instance_json(manifest, s, i, self._base(request))
             for s, i in manifest.instances()
             if series_uid is None or s.series_uid == series_uid
         ]
@@ -221,11 +233,11 @@ class ConsoProxy:
             upstream = await self._get(remote, "/studies/" + path, {"Accept": DICOM_JSON})
             body = upstream.content.decode("utf-8")
             json.loads(body)  # a Source that answers garbage is not passed on
-            text = body.replace(remote.base, self.base)
+            text = body.replace(remote.base, BULK_BASE)
             self.metadata.put(key, text)
         self._prefetch(manifest, remote, self._items(manifest, request))
         self._audit(session, manifest, "metadata")
-        return Response(text, media_type=DICOM_JSON)
+        return Response(text.replace(BULK_BASE, self._base(request)), media_type=DICOM_JSON)
 
     def _prefetch(
         self, manifest: ImagingManifest, remote: Remote, items: list[tuple[str, str]]

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from drimbox.adapters.dicomweb.media_types import NotAcceptable
 from drimbox.adapters.dicomweb.multipart import MultipartError
 from drimbox.adapters.storage.dicom_index import QueryError
+from drimbox.adapters.trust.peer_tls import PeerRefused
 from drimbox.domain.errors import Conflict, InvalidInput, NotFound, PeerUnavailable
 from drimbox.services.source.images import InstanceUnavailable
 
@@ -19,6 +20,7 @@ _TABLE: list[tuple[type[BaseException], int, str]] = [
     (NotFound, 404, "Not Found"),
     (InstanceUnavailable, 410, "Gone"),
     (PeerUnavailable, 503, "Service Unavailable"),
+    (PeerRefused, 403, "Forbidden"),
     (NotAcceptable, 406, "Not Acceptable"),
     (Conflict, 409, "Conflict"),
     (MultipartError, 400, "Bad Request"),

@@ -48,6 +48,7 @@ from drimbox.adapters.trust.introspection import (
     TokenRejected,
     bearer_token,
 )
+from drimbox.adapters.trust.peer_tls import PeerPolicy
 from drimbox.domain.errors import InvalidInput, NotFound
 from drimbox.domain.identifiers import is_valid_uid
 from drimbox.domain.manifest import ImagingManifest
@@ -112,7 +113,9 @@ class SourceWado:
         wado_base: str,
         *,
         metadata: MetadataCache | None = None,
+        peers: PeerPolicy | None = None,
     ) -> None:
+        self.peers = peers or PeerPolicy(None)
         self.content = content
         self.images = images
         self.verifier = verifier
@@ -165,6 +168,7 @@ class SourceWado:
         return Access(who, kos_uid, manifest, selected)
 
     async def _authenticate(self, request: Request) -> str:
+        self.peers.check(request.scope)  # mTLS: a listed box, before anything else
         try:
             token = bearer_token(request.headers.get("authorization"))
             known = getattr(self.verifier, "known", None)
