@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from drimbox.adapters.trust.pki import create_ca, issue, write_issued
+from drimbox.adapters.trust.pki import create_ca, issue, sign_whitelist, write_issued
 
 
 @dataclass
@@ -35,6 +35,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
                        ("rogue", "rogue.example")):  # fmt: skip
         write_issued(issue(ca, name, [host]), folder, name)
     (folder / "root.crt").write_bytes(ca.root.public_bytes(Encoding.PEM))
+    # the signed whitelist of boxes: box-b and box-a (localhost) listed, rogue not
+    signer = issue(ca, "Liste Blanche DRIM-M", kind="signing")
+    signed = sign_whitelist(["box-b.example", "localhost"], signer)
+    (folder / "whitelist.xml").write_bytes(signed)
+    (folder / "whitelist-tampered.xml").write_bytes(
+        signed.replace(b"box-b.example", b"rogue.example")
+    )
     foreign, _ = create_ca()  # a CA nobody configured
     write_issued(issue(foreign, "intruder", ["box-b.example"]), folder, "intruder")
     return Pki(folder)

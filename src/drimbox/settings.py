@@ -181,6 +181,20 @@ class BoxTlsSettings(_Section):
     reverse proxy in front of it terminates TLS."""
 
 
+class WhitelistSettings(_Section):
+    """The signed national list of DRIM-M boxes (ANS): which boxes this one talks to."""
+
+    file: Path | None = None
+    """The signed list (XML, XAdES enveloped), re-read every ``refresh_seconds``."""
+    url: str = ""
+    """Where to download it from instead (https); the file then keeps the last valid copy."""
+    trust_anchors: Path | None = None
+    """PEM roots the signer must chain to (never the certificates inside the list)."""
+    signer_cn: str = ""
+    """Expected common name of the signer (ANS: ``Liste Blanche DRIM-M``); empty = any."""
+    refresh_seconds: float = Field(default=3600.0, gt=0)
+
+
 class PscSettings(_Section):
     """Pro Santé Connect as a resource server sees it (RFC 7662 token introspection)."""
 
@@ -272,10 +286,20 @@ class BoxSettings(_Section):
     site: SiteSettings = SiteSettings()
     psc: PscSettings = PscSettings()
     tls: BoxTlsSettings = BoxTlsSettings()
+    whitelist: WhitelistSettings = WhitelistSettings()
     conso: ConsoSettings = ConsoSettings()
     logging: LoggingSettings = LoggingSettings()
 
     _v_aet = field_validator("dicom_aet")(classmethod(lambda cls, v: _check_aet(v)))
+
+    @model_validator(mode="after")
+    def _v_whitelist(self) -> BoxSettings:
+        wl = self.whitelist
+        if (wl.file or wl.url) and wl.trust_anchors is None:
+            raise ValueError("whitelist needs whitelist.trust_anchors (the roots of its signer)")
+        if wl.url and not wl.url.startswith("https://"):
+            raise ValueError("whitelist.url must be https")
+        return self
 
     @model_validator(mode="after")
     def _v_tls(self) -> BoxSettings:

@@ -121,3 +121,39 @@ def test_tls_without_source_port_is_a_configuration_error(pki: Pki, tmp_path: Pa
            "DRIMBOX_BOX__TLS__TRUST_ANCHORS": str(pki.folder / "root.crt")}  # fmt: skip
     with pytest.raises(ConfigError, match="source_port"):
         load_settings(BoxSettings, "box", None, environ=env)
+
+
+@pytest.mark.parametrize(("listing", "status"), [("whitelist.xml", 200),
+                                                 ("whitelist-tampered.xml", 403)])  # fmt: skip
+def test_the_signed_whitelist_names_the_boxes(
+    tmp_path: Path, pki: Pki, pacs: Pacs, index: IndexServer, signer_files: tuple[Path, Path],
+    psc: FakePsc, exams: list[Exam], listing: str, status: int,
+) -> None:  # fmt: skip
+    """No configured list of boxes: the signed whitelist decides; a tampered one is refused
+    (and with no earlier valid list, nobody gets in)."""
+    port = free_port()
+    settings = box_settings(
+        tmp_path / "box", pacs.aet, pacs.port, index.url, signer_files, prefetch=False,
+        source_port=port, source_workers=1, conso={"enabled": False},
+        public_url=f"https://localhost:{port}",
+        psc={"introspection_url": psc.introspection_url, "client_id": "drimbox",
+             "client_secret": "secret"},
+        tls={"cert": pki.folder / "box-a-fullchain.pem", "key": pki.folder / "box-a.key",
+             "trust_anchors": pki.folder / "root.crt"},
+        whitelist={"file": pki.folder / listing, "trust_anchors": pki.folder / "root.crt",
+                   "signer_cn": "Liste Blanche DRIM-M"},
+    )  # fmt: skip
+    exam = exams[0]
+    series = exam.record["series"][0]
+    with running_box(with_pacs(settings, dicomweb_url=pacs.dicomweb)) as box:
+        kos = generate_uid()
+        publish_directly(
+            box, kos, exam.study_uid, series["series_uid"], series["sop_instance_uids"]
+        )
+        wait_port(port)
+        headers = {"Authorization": f"Bearer {psc.issue()}", "KOS-SOPInstanceUID": kos}
+        url = f"https://localhost:{port}/dicomweb/studies/{exam.study_uid}/series/{series['series_uid']}/metadata"
+        with httpx.Client(verify=pki.ctx("box-b"), timeout=60) as client:
+            assert client.get(url, headers=headers).status_code == status
+        with httpx.Client(verify=pki.ctx("rogue"), timeout=60) as client:
+            assert client.get(url, headers=headers).status_code == 403

@@ -49,3 +49,18 @@ def test_bad_configuration_is_refused() -> None:
             AllowedSources([base])
     with pytest.raises(SourceNotAllowed):  # nothing configured: nothing reachable
         AllowedSources([]).base_for("https://a/studies/1")
+
+
+def test_whitelisted_hosts_are_called_over_https_at_their_wado_root() -> None:
+    listed = {"box-c.chu.fr"}
+    allowed = AllowedSources([], listed=lambda host: host in listed)
+    url = "https://box-c.chu.fr:8443/drim/dicomweb/studies/1.2/series/3.4"
+    assert allowed.base_for(url) == "https://box-c.chu.fr:8443/drim/dicomweb"
+    for refused in (
+        "http://box-c.chu.fr/dicomweb/studies/1.2",  # listed, but not over https
+        "https://box-d.chu.fr/dicomweb/studies/1.2",  # not listed
+        "https://box-c.chu.fr/dicomweb/series/1.2",  # no studies path: no WADO root
+        "https://box-c.chu.fr/a/../dicomweb/studies/1.2",  # dot segments
+    ):
+        with pytest.raises(SourceNotAllowed):
+            allowed.base_for(refused)

@@ -12,7 +12,7 @@ import logging
 import signal
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +35,7 @@ from drimbox.adapters.hl7.parse import parse_message
 from drimbox.adapters.pacs_fetch import CGetFetcher, DicomwebFetcher
 from drimbox.adapters.source_web.wado import SourceWado, TokenVerifier
 from drimbox.adapters.trust.introspection import IntrospectionUnavailable, TokenIntrospector
+from drimbox.adapters.trust.whitelist_refresh import WhitelistRefresher
 from drimbox.adapters.xds import submission_builder as sb
 from drimbox.adapters.xds.client import XdsClient
 from drimbox.adapters.xds.source_gateway import Assertions, XdsSourceGateway
@@ -152,8 +153,11 @@ class SourceBox:
     routes: list[BaseRoute] = field(default_factory=list)
     conso: Conso | None = None
     source_pool: WorkerPool | None = None
+    whitelist: WhitelistRefresher | None = None
 
     def stop(self) -> None:
+        if self.whitelist is not None:
+            self.whitelist.stop()
         if self.source_pool is not None:
             self.source_pool.stop()
         self.mllp.stop()
@@ -241,12 +245,13 @@ def start_source(settings: BoxSettings) -> SourceBox:
     else:
         routes += SourceWado(PublishedContent(outbox, codec), images, verifier,
                              settings.wado_base).routes("/dicomweb")  # fmt: skip
+    whitelist = start_whitelist(settings)
     conso = None
     if settings.conso.enabled:
-        conso = start_conso(settings, verifier)
+        conso = start_conso(settings, verifier, listed_boxes(whitelist))
         routes += conso.routes
     return SourceBox(settings, inbox, outbox, pipeline, mllp, iocm, client, cache, images,
-                     prefetcher, routes, conso, source_pool)  # fmt: skip
+                     prefetcher, routes, conso, source_pool, whitelist)  # fmt: skip
 
 
 def pacs_fetcher(settings: BoxSettings, cache: InstanceCache) -> CGetFetcher | DicomwebFetcher:
@@ -262,6 +267,29 @@ def pacs_fetcher(settings: BoxSettings, cache: InstanceCache) -> CGetFetcher | D
 class _NoIdentityProvider:
     def verify(self, token: str) -> object:
         raise IntrospectionUnavailable("no Pro Santé Connect introspection endpoint configured")
+
+
+def start_whitelist(settings: BoxSettings) -> WhitelistRefresher | None:
+    """The signed whitelist of boxes, kept current, when one is configured."""
+    wl = settings.whitelist
+    if not (wl.file or wl.url):
+        return None
+    from drimbox.adapters.trust.errors import TrustError
+    from drimbox.adapters.trust.whitelist_refresh import whitelist_holder
+
+    assert wl.trust_anchors is not None  # the settings validator makes sure
+    try:
+        return whitelist_holder(wl.file, wl.url, wl.trust_anchors, wl.signer_cn,
+                                wl.refresh_seconds)[1]  # fmt: skip
+    except TrustError as exc:
+        raise ConfigError(f"box.whitelist.trust_anchors: {exc}") from None
+
+
+def listed_boxes(refresher: WhitelistRefresher | None) -> Callable[[str], bool] | None:
+    if refresher is None:
+        return None
+    holder = refresher.holder
+    return lambda host: holder.is_allowed(host, "box")
 
 
 def token_verifier(settings: BoxSettings) -> TokenVerifier:

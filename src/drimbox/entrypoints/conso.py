@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,10 +61,13 @@ def ohif_dist(settings: BoxSettings) -> Path | None:
     return folder
 
 
-def start_conso(settings: BoxSettings, verifier: TokenVerifier) -> Conso:
+def start_conso(
+    settings: BoxSettings, verifier: TokenVerifier, listed: Callable[[str], bool] | None = None
+) -> Conso:
+    """``listed``: hosts of the signed whitelist of boxes (also allowed as Sources)."""
     conso = settings.conso
     try:
-        allowed = AllowedSources(conso.allowed_sources)
+        allowed = AllowedSources(conso.allowed_sources, listed)
     except ValueError as exc:
         raise ConfigError(f"box.conso.allowed_sources: {exc}") from None
     folder = settings.data_dir / "conso"

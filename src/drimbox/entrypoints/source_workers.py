@@ -35,9 +35,11 @@ log = logging.getLogger(__name__)
 
 
 def source_app(settings: BoxSettings, outbox: Outbox, images: ImageProvider) -> Starlette:
-    from drimbox.entrypoints.box import token_verifier
+    from drimbox.entrypoints.box import listed_boxes, start_whitelist, token_verifier
 
-    peers = PeerPolicy(settings.tls.allowed_boxes) if settings.tls.cert else None
+    # each worker keeps its own copy of the whitelist current
+    listed = listed_boxes(start_whitelist(settings))
+    peers = PeerPolicy(settings.tls.allowed_boxes, listed) if settings.tls.cert else None
     wado = SourceWado(PublishedContent(outbox, KosCodec()), images, token_verifier(settings),
                       settings.wado_base, peers=peers)  # fmt: skip
 

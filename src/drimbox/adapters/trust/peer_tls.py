@@ -10,7 +10,7 @@ of the allowed boxes (the whitelist of DRIM-M boxes, or a configured list).
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +63,11 @@ class PeerPolicy:
     """Which boxes may call: by certificate common name (the box's host name, as the
     whitelist lists them). ``None`` = mTLS not configured here (development only)."""
 
-    def __init__(self, allowed: Iterable[str] | None) -> None:
+    def __init__(
+        self, allowed: Iterable[str] | None, listed: Callable[[str], bool] | None = None
+    ) -> None:
         self.allowed = None if allowed is None else {a.lower() for a in allowed}
+        self.listed = listed  # the signed whitelist's boxes
 
     def check(self, scope: Mapping[str, Any]) -> Peer | None:
         if self.allowed is None:
@@ -72,7 +75,8 @@ class PeerPolicy:
         peer = peer_of(scope)
         if peer is None:
             raise PeerRefused("a client certificate is required")
-        if peer.common_name.lower() not in self.allowed:
+        name = peer.common_name.lower()
+        if name not in self.allowed and not (self.listed is not None and self.listed(name)):
             raise PeerRefused(f"the box {peer.common_name[:100]} is not in the list of boxes")
         return peer
 

@@ -5,6 +5,7 @@ that base and checked UIDs, never from the rest of the document's URL."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -29,7 +30,11 @@ def _port(scheme: str, port: int | None) -> int:
 
 
 class AllowedSources:
-    def __init__(self, bases: list[str]) -> None:
+    """Configured Source bases, plus (``listed``) hosts of the signed whitelist of boxes: a
+    listed host is called over https only, at the WADO root its Retrieve URL names."""
+
+    def __init__(self, bases: list[str], listed: Callable[[str], bool] | None = None) -> None:
+        self._listed = listed
         self._bases: list[_Base] = []
         for base in bases:
             u = urlsplit(base.strip())
@@ -56,4 +61,8 @@ class AllowedSources:
                 b.path + "/studies/"
             ):
                 return b.url
+        if self._listed is not None and u.scheme == "https" and self._listed(host):
+            root = u.path.split("/studies/", 1)[0] if "/studies/" in u.path else None
+            if root is not None and ".." not in root.split("/"):
+                return f"https://{u.netloc.lower()}{root}"
         raise SourceNotAllowed(f"the Source box {host}:{port} is not in the list of allowed boxes")
