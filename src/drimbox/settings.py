@@ -207,6 +207,22 @@ class PscSettings(_Section):
     cache_seconds: float = Field(default=30.0, ge=0)
 
 
+class OidcLoginSettings(_Section):
+    """The OpenID provider professionals log in with (Pro Santé Connect, or ``drimbox idp``)."""
+
+    issuer: str = ""
+    """e.g. ``https://auth.bas.psc.esante.gouv.fr/auth/realms/esante-wallet``; empty = no
+    login page (tools then send their token as a bearer)."""
+    client_id: str = ""
+    client_secret: str = ""
+    redirect_uri: str = ""
+    """``{users_url}/conso/callback`` as registered at the provider."""
+    acr_values: str = "eidas1"
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "scope_all"])
+    allow_http: bool = False
+    """Plain-HTTP provider off loopback (a development provider on the test network)."""
+
+
 class ConsoSettings(_Section):
     """The professional's side: history, viewer proxy, import, download."""
 
@@ -225,6 +241,7 @@ class ConsoSettings(_Section):
     users_url: str = ""
     """Base URL the professionals' browsers reach the box at (e.g. behind a reverse proxy);
     empty = the one each request names."""
+    oidc: OidcLoginSettings = OidcLoginSettings()
 
 
 class SiteSettings(_Section):
@@ -393,3 +410,57 @@ def load_settings(
             key = ".".join(str(p) for p in (section, *err["loc"]))
             problems.append(f"{key}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+class IdpClient(_Section):
+    """A relying party registered at ``drimbox idp``."""
+
+    client_id: str = Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")
+    client_secret: str = Field(min_length=1, max_length=255)
+    redirect_uris: list[str] = Field(default_factory=list)
+    """Exact URIs the browser may be sent back to; none = back channel only (a Source box
+    that only introspects tokens)."""
+
+    @field_validator("redirect_uris")
+    @classmethod
+    def _v_redirect_uris(cls, values: list[str]) -> list[str]:
+        from urllib.parse import urlsplit
+
+        for uri in values:
+            parts = urlsplit(uri)
+            # RFC 6749 §3.1.2: absolute, no fragment
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+                raise ValueError(f"{uri!r}: an absolute http(s) URL without fragment expected")
+        return values
+
+
+class IdpSettings(_Section):
+    """Settings of ``drimbox idp`` (development OpenID provider playing Pro Santé Connect)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8300, ge=1, le=65535)
+    issuer: str = Field(default="", pattern=r"^(https?://[^?#\s]+)?$")
+    """Public URL of the realm; default ``http://host:port/auth/realms/esante-wallet``."""
+    data_dir: Path = Path("./drimbox-idp")
+    """Where the signing key is kept (``idp-signing-key.pem``, mode 0600)."""
+    clients: list[IdpClient] = Field(default_factory=list)
+    access_token_lifetime: int = Field(default=600, ge=10, le=86400)
+    refresh_token_lifetime: int = Field(default=1800, ge=60, le=30 * 86400)
+    people_file: Path | None = None
+    """JSON ``{"professionals": [...], "patients": [...]}`` replacing the built-in people."""
+    logging: LoggingSettings = LoggingSettings()
+
+    @field_validator("clients")
+    @classmethod
+    def _v_clients(cls, values: list[IdpClient]) -> list[IdpClient]:
+        ids = [client.client_id for client in values]
+        for client_id in ids:
+            if ids.count(client_id) > 1:
+                raise ValueError(f"client_id {client_id!r} is registered twice")
+        return values
+
+    @property
+    def issuer_url(self) -> str:
+        return (self.issuer or f"http://{self.host}:{self.port}/auth/realms/esante-wallet").rstrip(
+            "/"
+        )

@@ -326,3 +326,28 @@ def test_ohif_on_b_renders_the_exam_of_a(
         dismiss_overlays(page)
         save_artifact(tmp_path, "ohif-conso.png", page.screenshot())
     assert any(s["colours"] > 16 for s in stats), f"{stats}\n" + "\n".join(problems)
+
+
+def test_every_access_is_in_the_trails_of_both_boxes(
+    site_a: Site, site_b: Site, history: list[dict[str, object]], exam: Exam
+) -> None:
+    """After the tests above (history, report, images, import, download) the patient's
+    trail at B says who did what; A's says which box fetched the images for whom."""
+    from drimbox.adapters.audit.jsonl_trail import JsonlTrail
+
+    ins = exam.record["patient_ins"]
+    with JsonlTrail(site_b.box.settings.data_dir / "trail") as trail_b:
+        assert trail_b.verify().ok
+        events = trail_b.for_patient(ins, limit=1000)
+    actions = {e["subtype"][0]["code"] for e in events}
+    assert {"history.list", "report.read", "images.view", "images.import",
+            "images.download"} <= actions, actions  # fmt: skip
+    who = {
+        a["who"]["identifier"]["value"] for e in events for a in e["agent"] if a.get("requestor")
+    }
+    assert who == {"899700218896"}
+    with JsonlTrail(site_a.box.settings.data_dir / "trail") as trail_a:
+        assert trail_a.verify().ok
+        retrieved = trail_a.for_patient(ins, limit=1000)
+    assert retrieved and all(e["subtype"][0]["code"] == "images.retrieve" for e in retrieved)
+    assert "box-b.example" in str(retrieved[0]["agent"])

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from drimbox.adapters.audit.recorder import open_recorder
 from drimbox.adapters.box_web.admin import admin_routes
 from drimbox.adapters.cache.instance_cache import InstanceCache
 from drimbox.adapters.dicomweb.errors import EXCEPTION_HANDLERS
@@ -236,6 +237,7 @@ def start_source(settings: BoxSettings) -> SourceBox:
              mllp.port, f"{settings.dicom_aet}@{settings.host}:{iocm.port}" if iocm else "off",
              settings.index_url, settings.wado_base)  # fmt: skip
     verifier = token_verifier(settings)
+    recorder = open_recorder(settings.data_dir / "trail", settings.base_url)
     routes: list[BaseRoute] = list(admin_routes(inbox, outbox, pipeline.wake))
     source_pool = None
     if settings.source_port:
@@ -244,11 +246,11 @@ def start_source(settings: BoxSettings) -> SourceBox:
         source_pool = start_source_workers(settings)
     else:
         routes += SourceWado(PublishedContent(outbox, codec), images, verifier,
-                             settings.wado_base).routes("/dicomweb")  # fmt: skip
+                             settings.wado_base, recorder=recorder).routes("/dicomweb")  # fmt: skip
     whitelist = start_whitelist(settings)
     conso = None
     if settings.conso.enabled:
-        conso = start_conso(settings, verifier, listed_boxes(whitelist))
+        conso = start_conso(settings, verifier, listed_boxes(whitelist), recorder)
         routes += conso.routes
     return SourceBox(settings, inbox, outbox, pipeline, mllp, iocm, client, cache, images,
                      prefetcher, routes, conso, source_pool, whitelist)  # fmt: skip

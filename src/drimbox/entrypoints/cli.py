@@ -12,6 +12,7 @@ from drimbox import __version__
 from drimbox.settings import (
     BoxSettings,
     ConfigError,
+    IdpSettings,
     IndexSettings,
     PacsSettings,
     load_settings,
@@ -120,6 +121,17 @@ def _add_index(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--log-json", action="store_true", help="one JSON log object per line")
 
 
+def _add_idp(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("idp", help="run the development OpenID provider (plays Pro Santé Connect)")
+    p.add_argument("--config", type=Path, help="TOML configuration file (section [idp])")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8300)")
+    p.add_argument("--issuer", help="public URL of the realm (default http://host:port/auth/...)")
+    p.add_argument("--data-dir", type=Path, help="folder of the signing key")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-json", action="store_true", help="one JSON log object per line")
+
+
 def _add_whitelist(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("whitelist", help="verify the signed national DRIM-M whitelist")
     actions = p.add_subparsers(dest="action", required=True)
@@ -164,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_send(sub)
     _add_index(sub)
     _add_box(sub)
+    _add_idp(sub)
     _add_whitelist(sub)
     _add_pki(sub)
     return parser
@@ -255,6 +268,20 @@ def _box(args: argparse.Namespace) -> int:
     return run_box(load_settings(BoxSettings, "box", args.config, overrides))
 
 
+def _idp(args: argparse.Namespace) -> int:
+    from drimbox.entrypoints.idp import run_idp
+
+    overrides: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "issuer": args.issuer,
+        "data_dir": args.data_dir,
+    }
+    logging_over = {"level": args.log_level, "json": True if args.log_json else None}
+    overrides["logging"] = {k: v for k, v in logging_over.items() if v is not None}
+    return run_idp(load_settings(IdpSettings, "idp", args.config, overrides))
+
+
 def _whitelist(args: argparse.Namespace) -> int:
     from drimbox.entrypoints.trust_cli import run_whitelist
 
@@ -280,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _index(args)
         if args.command == "box":
             return _box(args)
+        if args.command == "idp":
+            return _idp(args)
         if args.command == "whitelist":
             return _whitelist(args)
         if args.command == "pki":

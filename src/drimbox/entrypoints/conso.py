@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from starlette.routing import BaseRoute
 
+from drimbox.adapters.audit.recorder import AccessRecorder
 from drimbox.adapters.cache.instance_cache import InstanceCache
 from drimbox.adapters.conso_web.auth import SessionAuth, TokenVerifier
 from drimbox.adapters.conso_web.pages import ConsoPages
@@ -62,7 +63,10 @@ def ohif_dist(settings: BoxSettings) -> Path | None:
 
 
 def start_conso(
-    settings: BoxSettings, verifier: TokenVerifier, listed: Callable[[str], bool] | None = None
+    settings: BoxSettings,
+    verifier: TokenVerifier,
+    listed: Callable[[str], bool] | None = None,
+    recorder: AccessRecorder | None = None,
 ) -> Conso:
     """``listed``: hosts of the signed whitelist of boxes (also allowed as Sources)."""
     conso = settings.conso
@@ -87,7 +91,7 @@ def start_conso(
     auth = SessionAuth(SessionStore(conso.session_idle), verifier, conso.secure_cookie)
     proxy = ConsoProxy(auth, book, allowed, images, PROXY_ROOT,
                        timeout=conso.source_timeout, verify=verify,
-                       users_url=conso.users_url)  # fmt: skip
+                       users_url=conso.users_url, recorder=recorder)  # fmt: skip
     pacs = settings.pacs
 
     def send(files: list[Path]) -> tuple[int, list[tuple[Path, str]]]:
@@ -97,7 +101,19 @@ def start_conso(
     importer = Importer(folder / "imports.sqlite", images.provide, send, folder / "work")
     pages = ConsoPages(auth, HistoryService(index, KosCodec(), book), index, proxy, importer,
                        viewer_url=VIEWER + "/viewer", workdir=folder / "work")  # fmt: skip
+    pages.recorder = recorder
     routes: list[BaseRoute] = [*pages.routes("/conso"), *proxy.routes(PROXY_ROOT)]
+    oidc = None
+    if conso.oidc.issuer:
+        from drimbox.adapters.conso_web.login import OidcLogin
+        from drimbox.adapters.oidc.relying_party import OidcClient
+
+        o = conso.oidc
+        oidc = OidcClient(o.issuer, o.client_id, o.client_secret, o.redirect_uri,
+                          scopes=o.scopes, acr_values=o.acr_values or None,
+                          allow_http=o.allow_http)  # fmt: skip
+        routes += OidcLogin(oidc, auth).routes("/conso")
+        pages.login_url = "/conso/login"
     dist = ohif_dist(settings)
     if dist is not None:
         from drimbox.adapters.viewer.ohif import viewer_routes

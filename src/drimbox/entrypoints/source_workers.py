@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from drimbox.adapters.audit.recorder import open_recorder
 from drimbox.adapters.cache.instance_cache import InstanceCache
 from drimbox.adapters.dicomweb.errors import EXCEPTION_HANDLERS
 from drimbox.adapters.documents.manifest_codec import KosCodec
@@ -40,8 +41,9 @@ def source_app(settings: BoxSettings, outbox: Outbox, images: ImageProvider) -> 
     # each worker keeps its own copy of the whitelist current
     listed = listed_boxes(start_whitelist(settings))
     peers = PeerPolicy(settings.tls.allowed_boxes, listed) if settings.tls.cert else None
+    recorder = open_recorder(settings.data_dir / "trail", settings.base_url)
     wado = SourceWado(PublishedContent(outbox, KosCodec()), images, token_verifier(settings),
-                      settings.wado_base, peers=peers)  # fmt: skip
+                      settings.wado_base, peers=peers, recorder=recorder)  # fmt: skip
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "pid": os.getpid()})

@@ -38,6 +38,15 @@ class SessionAuth:
         self._by_token: dict[str, str] = {}
         self._lock = threading.Lock()
 
+    async def current(self, request: Request) -> Session | None:
+        """The session of a browser cookie or bearer token, or None (never raises 401)."""
+        try:
+            return await self.require(request)
+        except HttpProblem as exc:
+            if exc.status == 401:
+                return None
+            raise
+
     async def require(self, request: Request) -> Session:
         session_id = request.cookies.get(COOKIE)
         if session_id:
@@ -76,7 +85,7 @@ class SessionAuth:
         async def open_session(request: Request) -> Response:
             session = await self._from_token(request)
             response = JSONResponse({"subject": session.subject, "expires_at": session.expires_at})
-            response.set_cookie(COOKIE, session.id, httponly=True, samesite="strict",
+            response.set_cookie(COOKIE, session.id, httponly=True, samesite="lax",
                                 secure=self.secure_cookie, path="/")  # fmt: skip
             return response
 

@@ -14,15 +14,23 @@ from urllib.parse import quote
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
 
+from drimbox.adapters.audit.recorder import AccessRecorder, patient_ins, professional
 from drimbox.adapters.conso_web.auth import SessionAuth
 from drimbox.adapters.conso_web.proxy import ConsoProxy
 from drimbox.adapters.dicomweb.errors import HttpProblem
 from drimbox.adapters.documents.report_html import report_html, report_pdf
 from drimbox.adapters.export.dicomdir_zip import write_exam_zip
 from drimbox.adapters.export.localize import LocalIdentity, localize_bytes
+from drimbox.domain.audit import Action
 from drimbox.domain.errors import DrimboxError, InvalidInput, NotFound
 from drimbox.domain.identifiers import INS_OIDS, Ins
 from drimbox.services.conso.history import Exam, HistoryService, IndexReader
@@ -79,10 +87,13 @@ class ConsoPages:
         self.importer = importer
         self.viewer_url = viewer_url
         self.workdir = workdir
+        self.login_url = ""  # set when an OpenID provider is configured
+        self.recorder: AccessRecorder | None = None
 
     def routes(self, prefix: str = "/conso") -> list[Route]:
         return [
             *self.auth.routes(prefix + "/api"),
+            Route(prefix + "/", self.home, methods=["GET"]),
             Route(prefix + "/api/history", self.api_history, methods=["GET"]),
             Route(prefix + "/patients/{ins}", self.history_page, methods=["GET"]),
             Route(prefix + "/reports/{uid}", self.report_page, methods=["GET"]),
@@ -91,6 +102,16 @@ class ConsoPages:
             Route(prefix + "/api/imports/{job}", self.import_status, methods=["GET"]),
             Route(prefix + "/api/exams/{study}/zip", self.download_zip, methods=["GET"]),
         ]
+
+    def _record(
+        self, session: Session, action: Action, patient: Ins | None, request: Request, *,
+        study_uid: str = "", document_id: str = "", detail: str = "",
+    ) -> None:  # fmt: skip
+        if self.recorder is not None:
+            ip = request.client.host if request.client else ""
+            self.recorder.record(professional(session.subject, session.claims), action, patient,
+                                 study_uid=study_uid, document_id=document_id, detail=detail,
+                                 client_ip=ip)  # fmt: skip
 
     # -- history --------------------------------------------------------------------------
 
@@ -107,11 +128,11 @@ class ConsoPages:
             log.warning("history of a patient failed: %s", exc)
             raise HttpProblem(502, "l'index national ne répond pas, réessayez") from None
         granted = {e.study_uid: e.kos.unique_id for e in exams if e.kos and e.instance_count}
-        documents = {e.report.unique_id: e.report.repository for e in exams if e.report}
+        documents = {e.report.unique_id: (e.report.repository, patient.value, patient.oid)
+                     for e in exams if e.report}  # fmt: skip
         self.auth.store.grant(session, patient.value, granted, documents)
-        audit.info("conso history of %s by %s: %d exams", patient.value, session.subject,
-                   len(exams), extra={"event": "conso-history", "who": session.subject,
-                                      "patient": patient.value})  # fmt: skip
+        self._record(session, Action.HISTORY_LIST, patient, request,
+                     detail=f"{len(exams)} examen(s)")  # fmt: skip
         return session, exams
 
     async def api_history(self, request: Request) -> Response:
@@ -120,7 +141,20 @@ class ConsoPages:
         _, exams = await self._history(request, ins, oid)
         return JSONResponse({"exams": [_exam_json(e, self.viewer_url) for e in exams]})
 
+    async def home(self, request: Request) -> Response:
+        body = (
+            "<h1>DRIMbox</h1><form method='get' onsubmit=\"location.href='patients/'+"
+            "encodeURIComponent(this.ins.value);return false\">"
+            "<label>INS du patient <input name='ins' required pattern='[0-9AB]{15}'></label>"
+            "<button>Voir l'historique d'imagerie</button></form>"
+            + (f"<p><a href='{self.login_url}'>Se connecter avec Pro Santé Connect</a></p>"
+               if self.login_url else "")
+        )  # fmt: skip
+        return _page("DRIMbox", body)
+
     async def history_page(self, request: Request) -> Response:
+        if self.login_url and await self.auth.current(request) is None:
+            return RedirectResponse(f"{self.login_url}?next={quote(request.url.path)}", 303)
         ins = request.path_params["ins"]
         oid = request.query_params.get("oid", DEFAULT_INS_OID)
         if oid not in INS_OIDS:
@@ -173,14 +207,15 @@ class ConsoPages:
     async def _report(self, request: Request) -> tuple[Session, bytes]:
         session = await self.auth.require(request)
         uid = request.path_params["uid"]
-        repository = session.documents.get(uid)
-        if repository is None:
+        listed = session.documents.get(uid)
+        if listed is None:
             raise NotFound("ce compte rendu n'a pas été listé dans votre session")
+        repository, ins, oid = listed
         found = await run_in_threadpool(self.index.retrieve, repository, [uid])
         if uid not in found:
             raise NotFound("l'index ne fournit plus ce compte rendu")
-        audit.info("conso report %s by %s", uid, session.subject,
-                   extra={"event": "conso-report", "who": session.subject})  # fmt: skip
+        self._record(session, Action.REPORT_READ, patient_ins(ins, oid), request,
+                     document_id=uid)  # fmt: skip
         return session, found[uid]
 
     async def report_page(self, request: Request) -> Response:
@@ -231,9 +266,8 @@ class ConsoPages:
 
         job = self.importer.start(manifest.study.study_uid, remote.kos_uid, items, ipp,
                                   session.subject, localize, remote)  # fmt: skip
-        audit.info("conso import of %s by %s as IPP %s", manifest.study.study_uid,
-                   session.subject, ipp,
-                   extra={"event": "conso-import", "who": session.subject})  # fmt: skip
+        self._record(session, Action.IMAGES_IMPORT, _ins_of(manifest), request,
+                     study_uid=manifest.study.study_uid, detail=f"IPP local {ipp}")  # fmt: skip
         if "text/html" in request.headers.get("accept", ""):
             return _page("Import", f"<p>Import lancé ({job.total} images).</p><p><a href="
                          f'"../../imports/{job.id}">Suivre la progression</a></p>')  # fmt: skip
@@ -271,8 +305,12 @@ class ConsoPages:
             return Path(name)
 
         path = await run_in_threadpool(build)
-        audit.info("conso download of %s by %s", study, session.subject,
-                   extra={"event": "conso-download", "who": session.subject})  # fmt: skip
+        self._record(session, Action.IMAGES_DOWNLOAD, _ins_of(manifest), request,
+                     study_uid=study)  # fmt: skip
         name = f"examen-{(manifest.study.date or '')!s}-{study[-12:]}.zip"
         return FileResponse(path, media_type="application/zip", filename=name,
                             background=BackgroundTask(path.unlink, missing_ok=True))  # fmt: skip
+
+
+def _ins_of(manifest: Any) -> Ins | None:
+    return patient_ins(manifest.patient.ins, manifest.patient.ins_oid)

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from drimbox.adapters.audit.recorder import AccessRecorder, patient_ins, professional
 from drimbox.adapters.dicomweb.errors import HttpProblem
 from drimbox.adapters.dicomweb.fetch import DicomwebPacs
 from drimbox.adapters.dicomweb.media_types import EXPLICIT_VR_LE, NotAcceptable, accepts
@@ -40,6 +41,7 @@ from drimbox.adapters.source_web.wado import (
     _qido,
 )
 from drimbox.adapters.storage.pacs_store import BULK_BASE
+from drimbox.domain.audit import Action
 from drimbox.domain.errors import NotFound
 from drimbox.domain.identifiers import is_valid_uid
 from drimbox.domain.manifest import ImagingManifest, ManifestSeries
@@ -93,8 +95,10 @@ class ConsoProxy:
         timeout: float = 60.0,
         verify: ssl.SSLContext | bool = True,
         users_url: str = "",
+        recorder: AccessRecorder | None = None,
     ) -> None:
         self.users_url = users_url.rstrip("/")
+        self.recorder = recorder
         self.sessions = sessions  # ``adapters.conso_web.auth.SessionAuth``
         self.book = book
         self.allowed = allowed
@@ -189,9 +193,14 @@ class ConsoProxy:
         return items
 
     def _audit(self, session: Session, manifest: ImagingManifest, what: str) -> None:
-        audit.info("conso %s by %s: study %s", what, session.subject, manifest.study.study_uid,
-                   extra={"event": "conso-" + what, "who": session.subject,
-                          "study": manifest.study.study_uid})  # fmt: skip
+        if self.recorder is not None:
+            self.recorder.record(
+                professional(session.subject, session.claims), Action.IMAGES_VIEW,
+                patient_ins(manifest.patient.ins, manifest.patient.ins_oid),
+                study_uid=manifest.study.study_uid, detail=what, once_per_window=True,
+            )  # fmt: skip
+        audit.debug("conso %s by %s: study %s", what, session.subject,
+                    manifest.study.study_uid)  # fmt: skip
 
     # -- searches, from the manifest ------------------------------------------------------
 

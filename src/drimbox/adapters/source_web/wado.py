@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from drimbox.adapters.audit.recorder import AccessRecorder, patient_ins, professional
 from drimbox.adapters.dicomweb import multipart as mp
 from drimbox.adapters.dicomweb.errors import HttpProblem
 from drimbox.adapters.dicomweb.media_types import (
@@ -48,7 +49,8 @@ from drimbox.adapters.trust.introspection import (
     TokenRejected,
     bearer_token,
 )
-from drimbox.adapters.trust.peer_tls import PeerPolicy
+from drimbox.adapters.trust.peer_tls import PeerPolicy, peer_of
+from drimbox.domain.audit import Action
 from drimbox.domain.errors import InvalidInput, NotFound
 from drimbox.domain.identifiers import is_valid_uid
 from drimbox.domain.manifest import ImagingManifest
@@ -114,8 +116,10 @@ class SourceWado:
         *,
         metadata: MetadataCache | None = None,
         peers: PeerPolicy | None = None,
+        recorder: AccessRecorder | None = None,
     ) -> None:
         self.peers = peers or PeerPolicy(None)
+        self.recorder = recorder
         self.content = content
         self.images = images
         self.verifier = verifier
@@ -184,7 +188,16 @@ class SourceWado:
         return str(getattr(principal, "subject_name_id", "") or getattr(principal, "subject", ""))
 
     def _audit(self, access: Access, request: Request, what: str, count: int) -> None:
-        audit.info(
+        if self.recorder is not None:
+            peer = peer_of(request.scope)
+            m = access.manifest
+            self.recorder.record(
+                professional(access.who, client_id=peer.common_name if peer else ""),
+                Action.IMAGES_RETRIEVE, patient_ins(m.patient.ins, m.patient.ins_oid),
+                study_uid=m.study.study_uid, source=self.base,
+                client_ip=request.client.host if request.client else "", once_per_window=True,
+            )  # fmt: skip
+        audit.debug(
             "source %s by %s via KOS %s: study %s, %d instance(s)", what, access.who,
             access.kos_uid, access.manifest.study.study_uid, count,
             extra={"event": "wado-rs", "who": access.who, "kos": access.kos_uid,

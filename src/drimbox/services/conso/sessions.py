@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -21,8 +22,10 @@ class Session:
     exams: dict[str, str] = field(default_factory=dict)
     """Study Instance UID -> the KOS that granted it, for exams listed in this session."""
     patients: set[str] = field(default_factory=set)
-    documents: dict[str, str] = field(default_factory=dict)
-    """Report uniqueId -> repositoryUniqueId, for reports listed in this session."""
+    documents: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    """Report uniqueId -> (repositoryUniqueId, patient INS, its OID), for reports listed."""
+    claims: dict[str, Any] = field(default_factory=dict)
+    """What the identity provider says of the professional (profession, structure...)."""
 
 
 class SessionStore:
@@ -60,7 +63,11 @@ class SessionStore:
             self._sessions.pop(session_id, None)
 
     def grant(
-        self, session: Session, patient: str, exams: dict[str, str], documents: dict[str, str]
+        self,
+        session: Session,
+        patient: str,
+        exams: dict[str, str],
+        documents: dict[str, tuple[str, str, str]],
     ) -> None:
         with self._lock:
             session.patients.add(patient)

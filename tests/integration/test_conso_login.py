@@ -1,0 +1,157 @@
+"""A professional logs in to box B with OpenID Connect (``drimbox idp`` playing Pro Santé
+Connect): code + PKCE in a browser-like client, session cookie; the access token kept in the
+session is then accepted by another box's Source (introspection at the same provider)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from html import unescape
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from pydicom.uid import generate_uid
+
+from drimbox.entrypoints.box import SourceBox, create_app
+from drimbox.entrypoints.idp import create_idp_app
+from drimbox.settings import IdpSettings
+from tests.index_fixtures import IndexServer
+from tests.integration.test_source_publication import box_settings, running_box, store
+from tests.integration.test_source_wado import publish_directly, with_pacs
+from tests.peers import Pacs, free_port, running_pacs, serving
+from tests.source_exams import Exam
+
+RADIOLOGIST = "899700218896"  # "radiologue" among drimbox idp's test people
+
+
+@pytest.fixture(scope="module")
+def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    port, box_port = free_port(), free_port()
+    settings = IdpSettings.model_validate({
+        "port": port, "data_dir": tmp_path_factory.mktemp("idp"),
+        "clients": [
+            {"client_id": "box-b", "client_secret": "secret-b",
+             "redirect_uris": [f"http://127.0.0.1:{box_port}/conso/callback"]},
+            {"client_id": "box-a", "client_secret": "secret-a"},
+        ],
+    })  # fmt: skip
+    with serving(create_idp_app(settings), port=port):
+        yield settings.issuer_url, box_port
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory, exams: list[Exam]) -> Iterator[Pacs]:
+    with running_pacs(tmp_path_factory.mktemp("pacs") / "store") as p:
+        store(exams[0].files(), p.port, p.aet)
+        yield p
+
+
+def _introspection(issuer: str, client: str, secret: str) -> dict[str, str]:
+    return {"introspection_url": f"{issuer}/protocol/openid-connect/token/introspect",
+            "client_id": client, "client_secret": secret}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def box_a(
+    tmp_path_factory: pytest.TempPathFactory, idp: tuple[str, int], pacs: Pacs,
+    index: IndexServer, signer_files: tuple[Path, Path],
+) -> Iterator[tuple[SourceBox, str]]:  # fmt: skip
+    issuer, _ = idp
+    settings = box_settings(tmp_path_factory.mktemp("a"), pacs.aet, pacs.port, index.url,
+                            signer_files, prefetch=False, conso={"enabled": False},
+                            psc=_introspection(issuer, "box-a", "secret-a"))  # fmt: skip
+    with running_box(with_pacs(settings, dicomweb_url=pacs.dicomweb)) as box, \
+            serving(create_app(box)) as url:  # fmt: skip
+        yield box, url
+
+
+@pytest.fixture(scope="module")
+def box_b(
+    tmp_path_factory: pytest.TempPathFactory, idp: tuple[str, int], pacs: Pacs,
+    index: IndexServer, signer_files: tuple[Path, Path],
+) -> Iterator[tuple[SourceBox, str]]:  # fmt: skip
+    issuer, port = idp
+    settings = box_settings(
+        tmp_path_factory.mktemp("b"), pacs.aet, pacs.port, index.url, signer_files,
+        public_url=f"http://127.0.0.1:{port}", psc=_introspection(issuer, "box-b", "secret-b"),
+        conso={"secure_cookie": False, "oidc": {
+            "issuer": issuer, "client_id": "box-b", "client_secret": "secret-b",
+            "redirect_uri": f"http://127.0.0.1:{port}/conso/callback"}},
+    )  # fmt: skip
+    with running_box(settings) as box, serving(create_app(box), port=port) as url:
+        yield box, url
+
+
+def _log_in(http: httpx.Client, box: str, person: str, next_path: str) -> httpx.Response:
+    """The browser's way: the box sends it to the provider, the person picks themselves on
+    the login page, the provider sends it back to the box's callback."""
+    to_provider = http.get(f"{box}/conso/login", params={"next": next_path})
+    assert to_provider.status_code == 302, to_provider.text
+    page = http.get(to_provider.headers["location"])
+    assert page.status_code == 200, page.text
+    action = unescape(re.search(r'<form method="post" action="([^"]+)"', page.text)[1])  # type: ignore[index]
+    ticket = unescape(re.search(r'name="ticket" value="([^"]+)"', page.text)[1])  # type: ignore[index]
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(str(page.url)))
+    back = http.post(origin + action, data={"ticket": ticket, "person": person})
+    assert back.status_code == 302, back.text
+    return http.get(back.headers["location"])
+
+
+def test_a_professional_logs_in_and_the_token_opens_another_box(
+    box_a: tuple[SourceBox, str], box_b: tuple[SourceBox, str], exams: list[Exam]
+) -> None:
+    exam = exams[0]
+    b_box, b_url = box_b
+    with httpx.Client(timeout=30) as browser:
+        # a history page without a session goes to the login first
+        first = browser.get(f"{b_url}/conso/patients/{exam.record['patient_ins']}")
+        assert first.status_code == 303 and "/conso/login?next=" in first.headers["location"]
+        landed = _log_in(browser, b_url, "radiologue", "/conso/")
+        assert landed.status_code == 303 and landed.headers["location"] == "/conso/"
+        cookie = browser.cookies.get("drimbox_session")
+        assert cookie
+        r = browser.get(f"{b_url}/conso/api/history", params={"ins": exam.record["patient_ins"],
+                                                               "oid": exam.record["ins_oid"]})  # fmt: skip
+        assert r.status_code == 200, r.text
+    conso = b_box.conso
+    assert conso is not None
+    session = conso.proxy.sessions.store.get(cookie)
+    assert session is not None and session.subject == RADIOLOGIST
+    # the token B holds for the professional is accepted by A (introspection at the provider)
+    a_box, a_url = box_a
+    kos = generate_uid()
+    series = exam.record["series"][0]
+    publish_directly(a_box, kos, exam.study_uid, series["series_uid"], series["sop_instance_uids"])
+    r = httpx.get(f"{a_url}/dicomweb/studies/{exam.study_uid}/series/{series['series_uid']}/metadata",
+                  headers={"Authorization": f"Bearer {session.access_token}",
+                           "KOS-SOPInstanceUID": kos}, timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
+    r = httpx.get(f"{a_url}/dicomweb/studies/{exam.study_uid}/series/{series['series_uid']}/metadata",
+                  headers={"Authorization": f"Bearer {session.access_token}x",
+                           "KOS-SOPInstanceUID": kos}, timeout=60)  # fmt: skip
+    assert r.status_code == 401
+
+
+def test_a_forged_or_replayed_callback_opens_no_session(box_b: tuple[SourceBox, str]) -> None:
+    _, b_url = box_b
+    with httpx.Client(timeout=30) as browser:
+        assert (
+            browser.get(f"{b_url}/conso/callback", params={"code": "x", "state": "y"}).status_code
+            == 400
+        )
+        to_provider = browser.get(f"{b_url}/conso/login")
+        assert to_provider.status_code == 302
+        # a callback with the right login cookie but another state: refused, and used up
+        r = browser.get(f"{b_url}/conso/callback", params={"code": "x", "state": "forged"})
+        assert r.status_code == 401 and "drimbox_session" not in browser.cookies
+        r = browser.get(f"{b_url}/conso/callback", params={"code": "x", "state": "forged"})
+        assert r.status_code == 400
+
+
+def test_next_is_never_an_open_redirect(box_b: tuple[SourceBox, str]) -> None:
+    _, b_url = box_b
+    with httpx.Client(timeout=30) as browser:
+        landed = _log_in(browser, b_url, "generaliste", "//evil.example/steal")
+        assert landed.status_code == 303 and landed.headers["location"] == "/conso/"
