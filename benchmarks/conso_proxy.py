@@ -35,6 +35,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the benchmark's boxes publish without signing keys: the index runs them as its default
+# caller (a development setting, never a default)
+os.environ.setdefault("DRIMBOX_INDEX__TRUST__ALLOW_DEFAULT_CALLER", "true")
 
 from benchmarks.source_wado import ACCEPT, curl
 from tests.fake_psc import FakePsc, running_fake_psc

@@ -34,6 +34,9 @@ import httpx
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the benchmark's boxes publish without signing keys: the index runs them as its default
+# caller (a development setting, never a default)
+os.environ.setdefault("DRIMBOX_INDEX__TRUST__ALLOW_DEFAULT_CALLER", "true")
 
 from tests import xds_messages as m
 from tests.index_fixtures import PG_ADMIN_URL

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the benchmark's boxes publish without signing keys: the index runs them as its default
+# caller (a development setting, never a default)
+os.environ.setdefault("DRIMBOX_INDEX__TRUST__ALLOW_DEFAULT_CALLER", "true")
 
 from hl7.client import MLLPClient
 from tests.peers import free_port, run_dcmtk, running_pacs, stop, wait_port

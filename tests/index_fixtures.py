@@ -70,6 +70,9 @@ class IndexServer:
 @contextlib.contextmanager
 def running_index(url: str, port: int | None = None, **settings: object) -> Iterator[IndexServer]:
     db = open_index_db(url)
+    # tests that are not about authentication call as the default caller; those that are
+    # pass their own ``trust`` section
+    settings.setdefault("trust", {"allow_default_caller": True})
     config = IndexSettings.model_validate({"repository_unique_id": REPOSITORY, **settings})
     port = port or free_port()
     server = uvicorn.Server(

@@ -113,6 +113,19 @@ class CallerSettings(_Section):
     patient_id: str = ""
 
 
+class IndexTrustSettings(_Section):
+    """How the index knows its callers."""
+
+    introspection_url: str = ""
+    """Bearer tokens (IHE IUA style) checked at the identity provider (RFC 7662)."""
+    client_id: str = ""
+    client_secret: str = ""
+    vihf_trust_anchors: Path | None = None
+    """PEM roots VIHF assertion signers must chain to (boxes' ORG certificates)."""
+    allow_default_caller: bool = False
+    """Calls without credentials run as ``default_caller`` (development only)."""
+
+
 class IndexSettings(_Section):
     """Settings of ``drimbox index`` (the national index: XDS.b registry + repository)."""
 
@@ -129,6 +142,7 @@ class IndexSettings(_Section):
     workers: int = Field(default=0, ge=0, le=64)
     """HTTP worker processes sharing the port; 0 = one per core."""
     default_caller: CallerSettings = CallerSettings()
+    trust: IndexTrustSettings = IndexTrustSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ def index_process(data_dir: Path) -> Iterator[httpx.Client]:
     log = (data_dir.parent / "index.log").open("ab")
     cmd = [sys.executable, "-m", "drimbox", "index", "--port", str(port), "--data-dir", str(data_dir),
            "--repository-unique-id", "1.2.250.1.999.1.1.7.1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, "DRIMBOX_INDEX__TRUST__ALLOW_DEFAULT_CALLER": "true"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         wait_port(port, proc=proc)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:

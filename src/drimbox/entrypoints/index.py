@@ -15,6 +15,7 @@ import socket
 import threading
 
 import uvicorn
+from lxml import etree
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,6 +23,9 @@ from starlette.routing import Route
 
 from drimbox.adapters.index_api.routes import IndexApi
 from drimbox.adapters.storage.index_db import IndexDb, make_engine, open_index_db
+from drimbox.adapters.trust.chain import load_trust_anchors
+from drimbox.adapters.trust.index_caller import IndexAuthenticator
+from drimbox.adapters.trust.introspection import TokenIntrospector
 from drimbox.adapters.xds.context import XdsServices
 from drimbox.adapters.xds.routes import SoapEndpoint, soap_routes
 from drimbox.domain.access import ActorKind, CallerIdentity
@@ -48,6 +52,19 @@ def default_caller(settings: CallerSettings) -> CallerIdentity:
     )
 
 
+def index_authenticator(settings: IndexSettings) -> IndexAuthenticator:
+    trust = settings.trust
+    tokens = None
+    if trust.introspection_url:
+        tokens = TokenIntrospector(trust.introspection_url, trust.client_id, trust.client_secret)
+    anchors = load_trust_anchors(trust.vihf_trust_anchors) if trust.vihf_trust_anchors else []
+    default = default_caller(settings.default_caller) if trust.allow_default_caller else None
+    if default is not None:
+        log.warning("index: calls without credentials run as %r (development setting)",
+                    default.who)  # fmt: skip
+    return IndexAuthenticator(tokens=tokens, vihf_anchors=anchors, default=default)
+
+
 async def _health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -56,10 +73,10 @@ def create_index_app(db: IndexDb, settings: IndexSettings) -> Starlette:
     """Wire the store, the access rules and the services into one ASGI app."""
     ctx = IndexContext(db, DmpAccessRules(), settings.repository_unique_id)
     services = XdsServices(RegisterService(ctx), QueryService(ctx), UpdateService(ctx))
-    caller = default_caller(settings.default_caller)
+    authenticator = index_authenticator(settings)
 
-    def caller_for(request: Request) -> CallerIdentity:
-        return caller  # the trust layer will derive it from the request's credentials
+    def caller_for(request: Request, soap_header: etree._Element | None = None) -> CallerIdentity:
+        return authenticator.caller(request.headers, soap_header)
 
     soap = SoapEndpoint(services, caller_for, settings.max_body_bytes)
     api = IndexApi(services.query, caller_for)

@@ -15,9 +15,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from drimbox.adapters.index_api.history import exams_json, log_json
+from drimbox.adapters.trust.index_caller import Unauthenticated
 from drimbox.domain import xds
 from drimbox.domain.access import CallerIdentity
-from drimbox.domain.errors import InvalidInput
+from drimbox.domain.errors import InvalidInput, PeerUnavailable
 from drimbox.domain.identifiers import INS_OID_TEST
 from drimbox.domain.xds import AccessDenied, XdsError
 from drimbox.services.index.ports import FindDocumentsQuery
@@ -49,7 +50,12 @@ class IndexApi:
     ) -> Response:
         try:
             patient = _patient(request)
-            data = await run_in_threadpool(work, patient, self.caller_for(request))
+            caller = await run_in_threadpool(self.caller_for, request)
+            data = await run_in_threadpool(work, patient, caller)
+        except Unauthenticated as exc:
+            return _problem(401, str(exc))
+        except PeerUnavailable:
+            return _problem(503, "the identity provider cannot be reached")
         except AccessDenied as exc:
             return _problem(403, str(exc))
         except (XdsError, InvalidInput) as exc:

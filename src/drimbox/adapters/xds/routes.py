@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lxml import etree
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from drimbox.adapters.trust.index_caller import Unauthenticated
 from drimbox.adapters.xds import (
     iti18_registry_stored_query,
     iti41_provide_and_register,
@@ -28,6 +30,7 @@ from drimbox.adapters.xds import (
 )
 from drimbox.adapters.xds.context import Call, Reply, XdsServices
 from drimbox.domain.access import CallerIdentity
+from drimbox.domain.errors import PeerUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +93,7 @@ class SoapEndpoint:
     def __init__(
         self,
         services: XdsServices,
-        caller_for: Callable[[Request], CallerIdentity],
+        caller_for: Callable[[Request, etree._Element | None], CallerIdentity],
         max_body_bytes: int,
     ) -> None:
         self.services = services
@@ -113,9 +116,14 @@ class SoapEndpoint:
             return _fault(
                 f"action {envelope.action[:200]} is not supported", 400, "wsa:ActionNotSupported"
             )
-        call = Call(
-            envelope.body, package.attachments, self.caller_for(request), envelope.message_id
-        )
+        try:
+            # the VIHF assertion, if any, is in the header: verified before anything is done
+            caller = await run_in_threadpool(self.caller_for, request, envelope.header)
+        except Unauthenticated as exc:
+            return _fault(str(exc), 401, "wsse:FailedAuthentication")
+        except PeerUnavailable as exc:
+            return _fault(f"cannot authenticate now: {exc}", 503)
+        call = Call(envelope.body, package.attachments, caller, envelope.message_id)
         reply = await run_in_threadpool(_execute, tx, self.services, call)
         return _respond(tx, envelope, reply, package.multipart)
 
