@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, generate_uid
@@ -25,7 +27,7 @@ from drimbox.entrypoints.box import SourceBox, create_app
 from drimbox.services.source.outbox import PublicationState
 from tests.box_pki import Pki
 from tests.fake_psc import FakePsc, running_fake_psc
-from tests.index_fixtures import IndexServer
+from tests.index_fixtures import IndexServer, database_url, running_index
 from tests.integration.test_source_publication import (
     box_settings,
     running_box,
@@ -62,6 +64,22 @@ class Site:
 def psc() -> Iterator[FakePsc]:
     with running_fake_psc() as p:
         yield p
+
+
+@pytest.fixture(scope="module")
+def index(
+    tmp_path_factory: pytest.TempPathFactory, psc: FakePsc, signer_files: tuple[Path, Path]
+) -> Iterator[IndexServer]:
+    """An index that trusts no default caller: box A publishes with its signed VIHF assertion,
+    box B asks with the professional's token."""
+    folder = tmp_path_factory.mktemp("index-two-sites")
+    root = x509.load_pem_x509_certificates(signer_files[1].read_bytes())[-1]
+    anchors = folder / "vihf-roots.pem"
+    anchors.write_bytes(root.public_bytes(Encoding.PEM))
+    trust = {"introspection_url": psc.introspection_url, "client_id": "drimbox",
+             "client_secret": "secret", "vihf_trust_anchors": anchors}  # fmt: skip
+    with database_url("sqlite", folder) as url, running_index(url, trust=trust) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

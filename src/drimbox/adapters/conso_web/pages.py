@@ -123,7 +123,8 @@ class ConsoPages:
             raise HttpProblem(400, str(exc)) from None
         patient_id = f"{patient.value}^^^&{patient.oid}&ISO^NH"
         try:
-            exams = await run_in_threadpool(self.history.history, patient_id)
+            exams = await run_in_threadpool(self.history.history, patient_id,
+                                            session.access_token)  # fmt: skip
         except DrimboxError as exc:
             log.warning("history of a patient failed: %s", exc)
             raise HttpProblem(502, "l'index national ne répond pas, réessayez") from None
@@ -211,12 +212,16 @@ class ConsoPages:
         if listed is None:
             raise NotFound("ce compte rendu n'a pas été listé dans votre session")
         repository, ins, oid = listed
-        found = await run_in_threadpool(self.index.retrieve, repository, [uid])
+        found = await run_in_threadpool(self._retrieve, session, repository, uid)
         if uid not in found:
             raise NotFound("l'index ne fournit plus ce compte rendu")
         self._record(session, Action.REPORT_READ, patient_ins(ins, oid), request,
                      document_id=uid)  # fmt: skip
         return session, found[uid]
+
+    def _retrieve(self, session: Session, repository: str, uid: str) -> dict[str, bytes]:
+        with self.index.on_behalf_of(session.access_token):
+            return self.index.retrieve(repository, [uid])
 
     async def report_page(self, request: Request) -> Response:
         _, cda = await self._report(request)

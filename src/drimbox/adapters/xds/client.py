@@ -301,6 +301,17 @@ class XdsClient:
         finally:
             self._caller.security = previous
 
+    @contextmanager
+    def on_behalf_of(self, access_token: str) -> Iterator[None]:
+        """Calls made in this block (by this thread) carry the user's OAuth bearer token
+        (IHE IUA style): the index decides with the user's own identity."""
+        previous = getattr(self._caller, "bearer", None)
+        self._caller.bearer = access_token
+        try:
+            yield
+        finally:
+            self._caller.bearer = previous
+
     def close(self) -> None:
         if self._own:
             self._http.close()
@@ -326,6 +337,9 @@ class XdsClient:
         _, content_type, body = sb.mtom_request(action, to, payload, attachments, header)
         headers = {"content-type": content_type, "accept-encoding": "identity",
                    "accept": f"{mtom.XOP_MEDIA}, multipart/related, {soap.SOAP_MEDIA}"}  # fmt: skip
+        bearer = getattr(self._caller, "bearer", None)
+        if bearer:
+            headers["authorization"] = f"Bearer {bearer}"
         try:
             resp = self._http.post(to, content=body, headers=headers, timeout=self.timeout)
         except httpx.TransportError as exc:  # refused, reset, timeout, DNS...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from drimbox.adapters.xds.client import DocumentSummary, XdsClient
 from drimbox.domain import xds
@@ -26,6 +27,10 @@ def indexed(doc: DocumentSummary) -> IndexedDocument:
 class XdsIndexReader:
     def __init__(self, client: XdsClient) -> None:
         self.client = client
+
+    def on_behalf_of(self, access_token: str) -> AbstractContextManager[None]:
+        """The index calls of this thread run with the professional's own token."""
+        return self.client.on_behalf_of(access_token)
 
     def find(self, patient_id: str) -> list[IndexedDocument]:
         return [indexed(d) for d in self.client.find_documents(patient_id, status=(xds.APPROVED,))]

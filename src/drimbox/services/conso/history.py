@@ -8,6 +8,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date
 from typing import Protocol
@@ -39,6 +40,8 @@ class IndexedDocument:
 
 
 class IndexReader(Protocol):
+    def on_behalf_of(self, access_token: str) -> AbstractContextManager[None]: ...
+
     def find(self, patient_id: str) -> list[IndexedDocument]: ...
 
     def retrieve(self, repository: str, unique_ids: Sequence[str]) -> dict[str, bytes]: ...
@@ -97,7 +100,13 @@ class HistoryService:
     def __init__(self, index: IndexReader, codec: ManifestCodec, book: ManifestBook) -> None:
         self.index, self.codec, self.book = index, codec, book
 
-    def history(self, patient_id: str) -> list[Exam]:
+    def history(self, patient_id: str, access_token: str) -> list[Exam]:
+        """The exams of ``patient_id`` the professional of ``access_token`` may see: the index
+        decides with their own identity."""
+        with self.index.on_behalf_of(access_token):
+            return self._history(patient_id)
+
+    def _history(self, patient_id: str) -> list[Exam]:
         documents = self.index.find(patient_id)
         by_study: dict[str, dict[str, IndexedDocument]] = {}
         for doc in documents:
