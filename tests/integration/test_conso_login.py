@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 from drimbox.entrypoints.box import SourceBox, create_app
 from drimbox.entrypoints.idp import create_idp_app
 from drimbox.settings import IdpSettings
-from tests.index_fixtures import IndexServer
+from tests.index_fixtures import IndexServer, database_url, running_index
 from tests.integration.test_source_publication import box_settings, running_box, store
 from tests.integration.test_source_wado import publish_directly, with_pacs
 from tests.peers import Pacs, free_port, running_pacs, serving
@@ -35,10 +35,20 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
             {"client_id": "box-b", "client_secret": "secret-b",
              "redirect_uris": [f"http://127.0.0.1:{box_port}/conso/callback"]},
             {"client_id": "box-a", "client_secret": "secret-a"},
+            {"client_id": "index", "client_secret": "secret-i"},
         ],
     })  # fmt: skip
     with serving(create_idp_app(settings), port=port):
         yield settings.issuer_url, box_port
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory: pytest.TempPathFactory, idp: tuple[str, int]) -> Iterator[IndexServer]:
+    """The index checks the professional's token at the same provider (no default caller)."""
+    folder = tmp_path_factory.mktemp("index-login")
+    trust = _introspection(idp[0], "index", "secret-i")
+    with database_url("sqlite", folder) as url, running_index(url, trust=trust) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
