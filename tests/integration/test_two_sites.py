@@ -369,3 +369,44 @@ def test_every_access_is_in_the_trails_of_both_boxes(
         retrieved = trail_a.for_patient(ins, limit=1000)
     assert retrieved and all(e["subtype"][0]["code"] == "images.retrieve" for e in retrieved)
     assert "box-b.example" in str(retrieved[0]["agent"])
+
+
+def test_emergency_access_when_the_patient_opposed(
+    site_b: Site, index: IndexServer, history: list[dict[str, object]], exam: Exam, token: str
+) -> None:
+    """The patient opposed access by professionals: the history is refused, except in a
+    declared emergency with a reason ("bris de glace"), unless they opposed that too; every
+    attempt is in the trail, the emergency flagged with its reason. (Last: it changes the
+    patient's choices.)"""
+    from drimbox.adapters.audit.jsonl_trail import JsonlTrail
+    from drimbox.domain.access import ActorKind, CallerIdentity
+    from drimbox.services.index.access import DmpAccessRules
+    from drimbox.services.index.journal import IndexContext
+    from drimbox.services.index.patient import PatientControls
+
+    ins, oid = exam.record["patient_ins"], exam.record["ins_oid"]
+    patient = CallerIdentity(who=ins, kind=ActorKind.PATIENT, patient_id=exam.patient_id)
+    controls = PatientControls(IndexContext(index.db, DmpAccessRules(), index.repository))
+    controls.set_opposition(patient, opposed=True)
+    normal = httpx.get(f"{site_b.url}/conso/api/history", headers=bearer(token),
+                       params={"ins": ins, "oid": oid}, timeout=60)  # fmt: skip
+    assert normal.status_code == 403 and "opposed" in normal.json()["detail"]
+    url = f"{site_b.url}/conso/api/history/emergency"
+    r = httpx.post(url, json={"ins": ins, "oid": oid}, headers=bearer(token), timeout=60)
+    assert r.status_code == 400  # no reason, no emergency access
+    reason = "patient inconscient aux urgences, AVC suspecté"
+    r = httpx.post(url, json={"ins": ins, "oid": oid, "reason": reason}, headers=bearer(token),
+                   timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert exam.study_uid in [e["study_uid"] for e in r.json()["exams"]]
+    controls.set_opposition(patient, opposed=True, opposes_break_glass=True)
+    r = httpx.post(url, json={"ins": ins, "oid": oid, "reason": reason}, headers=bearer(token),
+                   timeout=60)  # fmt: skip
+    assert r.status_code == 403 and "break-glass" in r.json()["detail"]
+    controls.set_opposition(patient, opposed=False)
+    with JsonlTrail(site_b.box.settings.data_dir / "trail") as trail:
+        events = trail.for_patient(ins, limit=1000)
+    emergencies = [e for e in events if e["subtype"][0]["code"] == "emergency.access"]
+    assert emergencies and reason in str(emergencies[0]["purposeOfEvent"])
+    refused = [e for e in events if e["outcome"] != "0"]
+    assert len(refused) >= 2  # the opposed normal listing and the opposed emergency

@@ -59,6 +59,7 @@ class AccessRecorder:
         source: str = "",
         client_ip: str = "",
         once_per_window: bool = False,
+        emergency_reason: str = "",
     ) -> None:
         if once_per_window:
             key = (actor.id, study_uid or document_id, action.value)
@@ -72,7 +73,8 @@ class AccessRecorder:
         try:
             self.auditor.record(actor, action, patient, outcome=outcome, detail=detail,
                                 study_uid=study_uid, document_id=document_id, source=source,
-                                client_ip=client_ip)  # fmt: skip
+                                client_ip=client_ip,
+                                emergency_reason=emergency_reason)  # fmt: skip
         except (DrimboxError, OSError):
             log.exception("ACCESS TRAIL: could not record %s by %s", action.value, actor.id)
 

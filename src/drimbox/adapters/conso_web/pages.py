@@ -30,7 +30,8 @@ from drimbox.adapters.dicomweb.errors import HttpProblem
 from drimbox.adapters.documents.report_html import report_html, report_pdf
 from drimbox.adapters.export.dicomdir_zip import write_exam_zip
 from drimbox.adapters.export.localize import LocalIdentity, localize_bytes
-from drimbox.domain.audit import Action
+from drimbox.adapters.xds.client import RegistryRejected
+from drimbox.domain.audit import Action, Outcome
 from drimbox.domain.errors import DrimboxError, InvalidInput, NotFound
 from drimbox.domain.identifiers import INS_OIDS, Ins
 from drimbox.services.conso.history import Exam, HistoryService, IndexReader
@@ -95,6 +96,7 @@ class ConsoPages:
             *self.auth.routes(prefix + "/api"),
             Route(prefix + "/", self.home, methods=["GET"]),
             Route(prefix + "/api/history", self.api_history, methods=["GET"]),
+            Route(prefix + "/api/history/emergency", self.api_emergency, methods=["POST"]),
             Route(prefix + "/patients/{ins}", self.history_page, methods=["GET"]),
             Route(prefix + "/reports/{uid}", self.report_page, methods=["GET"]),
             Route(prefix + "/reports/{uid}/pdf", self.report_file, methods=["GET"]),
@@ -106,16 +108,20 @@ class ConsoPages:
     def _record(
         self, session: Session, action: Action, patient: Ins | None, request: Request, *,
         study_uid: str = "", document_id: str = "", detail: str = "",
+        outcome: Outcome = Outcome.SUCCESS, emergency_reason: str = "",
     ) -> None:  # fmt: skip
         if self.recorder is not None:
             ip = request.client.host if request.client else ""
             self.recorder.record(professional(session.subject, session.claims), action, patient,
                                  study_uid=study_uid, document_id=document_id, detail=detail,
-                                 client_ip=ip)  # fmt: skip
+                                 client_ip=ip, outcome=outcome,
+                                 emergency_reason=emergency_reason)  # fmt: skip
 
     # -- history --------------------------------------------------------------------------
 
-    async def _history(self, request: Request, ins: str, oid: str) -> tuple[Session, list[Exam]]:
+    async def _history(
+        self, request: Request, ins: str, oid: str, emergency_reason: str = ""
+    ) -> tuple[Session, list[Exam]]:
         session = await self.auth.require(request)
         try:
             patient = Ins.parse(ins, oid)
@@ -124,7 +130,12 @@ class ConsoPages:
         patient_id = f"{patient.value}^^^&{patient.oid}&ISO^NH"
         try:
             exams = await run_in_threadpool(self.history.history, patient_id,
-                                            session.access_token)  # fmt: skip
+                                            session.access_token, emergency_reason)  # fmt: skip
+        except RegistryRejected as exc:
+            self._record(session, Action.HISTORY_LIST, patient, request,
+                         detail=f"refusé par l'index: {exc}", outcome=Outcome.REFUSED,
+                         emergency_reason=emergency_reason)  # fmt: skip
+            raise HttpProblem(403, f"l'index refuse l'accès: {exc}") from None
         except DrimboxError as exc:
             log.warning("history of a patient failed: %s", exc)
             raise HttpProblem(502, "l'index national ne répond pas, réessayez") from None
@@ -132,8 +143,9 @@ class ConsoPages:
         documents = {e.report.unique_id: (e.report.repository, patient.value, patient.oid)
                      for e in exams if e.report}  # fmt: skip
         self.auth.store.grant(session, patient.value, granted, documents)
-        self._record(session, Action.HISTORY_LIST, patient, request,
-                     detail=f"{len(exams)} examen(s)")  # fmt: skip
+        self._record(session, Action.EMERGENCY_ACCESS if emergency_reason else Action.HISTORY_LIST,
+                     patient, request, detail=f"{len(exams)} examen(s)",
+                     emergency_reason=emergency_reason)  # fmt: skip
         return session, exams
 
     async def api_history(self, request: Request) -> Response:
@@ -152,6 +164,21 @@ class ConsoPages:
                if self.login_url else "")
         )  # fmt: skip
         return _page("DRIMbox", body)
+
+    async def api_emergency(self, request: Request) -> Response:
+        """ "Bris de glace": the history in a declared emergency, with its reason (required,
+        checked by the index against the patient's choices, flagged in both trails)."""
+        try:
+            form = await request.json()
+        except ValueError:
+            raise HttpProblem(400, "corps JSON attendu: ins, oid, reason") from None
+        reason = str(form.get("reason", "")).strip() if isinstance(form, dict) else ""
+        if not reason:
+            raise HttpProblem(400, "l'accès en urgence exige un motif")
+        ins, oid = str(form.get("ins", "")), str(form.get("oid", DEFAULT_INS_OID))
+        _, exams = await self._history(request, ins, oid, emergency_reason=reason)
+        return JSONResponse({"exams": [_exam_json(e, self.viewer_url) for e in exams],
+                             "emergency": True})  # fmt: skip
 
     async def history_page(self, request: Request) -> Response:
         if self.login_url and await self.auth.current(request) is None:

@@ -6,10 +6,12 @@ access rules then decide per patient with that identity; nothing the client mere
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from cryptography import x509
 from lxml import etree
@@ -26,7 +28,10 @@ from drimbox.domain.errors import DrimboxError
 log = logging.getLogger(__name__)
 
 PROFESSION_SYSTEM = "1.2.250.1.71.1.2.7"  # TRE_G15
-BREAK_GLASS_PURPOSES = frozenset({"BRIS_DE_GLACE", "urgence", "BTG", "ETREAT"})
+BREAK_GLASS_PURPOSES = frozenset({"BRIS_DE_GLACE", "URGENCE", "urgence", "BTG", "ETREAT"})
+# with a bearer token, the purpose of use (IHE IUA) and the reason travel as headers
+PURPOSE_HEADER = "x-purpose-of-use"
+REASON_HEADER = "x-emergency-reason"  # percent-encoded UTF-8
 
 
 class Unauthenticated(DrimboxError):
@@ -75,7 +80,10 @@ class IndexAuthenticator:
     ) -> CallerIdentity:
         authorization = headers.get("authorization")
         if authorization:
-            return self._from_token(authorization)
+            emergency = None
+            if headers.get(PURPOSE_HEADER, "").strip().upper() in BREAK_GLASS_PURPOSES:
+                emergency = unquote(headers.get(REASON_HEADER, ""))
+            return self._from_token(authorization, emergency)
         if soap_header is not None and self.vihf_anchors:
             assertion = _assertion(soap_header)
             if assertion is not None:
@@ -84,7 +92,7 @@ class IndexAuthenticator:
             return self.default
         raise Unauthenticated("credentials required: a bearer token or a signed VIHF assertion")
 
-    def _from_token(self, authorization: str) -> CallerIdentity:
+    def _from_token(self, authorization: str, emergency: str | None = None) -> CallerIdentity:
         if self.tokens is None:
             raise Unauthenticated("bearer tokens are not accepted here (no identity provider)")
         try:
@@ -96,7 +104,13 @@ class IndexAuthenticator:
             raise
         claims = dict(getattr(principal, "claims", {}) or {})
         subject = str(getattr(principal, "subject_name_id", "") or principal.subject)
-        return caller_from_claims(subject, claims)
+        caller = caller_from_claims(subject, claims)
+        if emergency is not None:
+            # the authenticated professional declares an emergency: the rules demand a
+            # reason and check the patient's choices; the journal flags the access
+            reason = emergency.strip()[:1000]
+            caller = dataclasses.replace(caller, access_mode=AccessMode.BREAK_GLASS, reason=reason)
+        return caller
 
     def _from_vihf(self, assertion: etree._Element) -> CallerIdentity:
         try:

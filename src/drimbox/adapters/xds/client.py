@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, overload
+from urllib.parse import quote
 
 import httpx
 from lxml import etree
@@ -302,15 +303,16 @@ class XdsClient:
             self._caller.security = previous
 
     @contextmanager
-    def on_behalf_of(self, access_token: str) -> Iterator[None]:
+    def on_behalf_of(self, access_token: str, emergency_reason: str = "") -> Iterator[None]:
         """Calls made in this block (by this thread) carry the user's OAuth bearer token
-        (IHE IUA style): the index decides with the user's own identity."""
-        previous = getattr(self._caller, "bearer", None)
-        self._caller.bearer = access_token
+        (IHE IUA style): the index decides with the user's own identity; with
+        ``emergency_reason``, as a declared emergency ("bris de glace")."""
+        previous = getattr(self._caller, "bearer", None), getattr(self._caller, "btg", "")
+        self._caller.bearer, self._caller.btg = access_token, emergency_reason
         try:
             yield
         finally:
-            self._caller.bearer = previous
+            self._caller.bearer, self._caller.btg = previous
 
     def close(self) -> None:
         if self._own:
@@ -340,6 +342,10 @@ class XdsClient:
         bearer = getattr(self._caller, "bearer", None)
         if bearer:
             headers["authorization"] = f"Bearer {bearer}"
+            reason = getattr(self._caller, "btg", "")
+            if reason:
+                headers["x-purpose-of-use"] = "BTG"
+                headers["x-emergency-reason"] = quote(reason)
         try:
             resp = self._http.post(to, content=body, headers=headers, timeout=self.timeout)
         except httpx.TransportError as exc:  # refused, reset, timeout, DNS...

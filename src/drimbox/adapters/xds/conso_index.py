@@ -28,9 +28,12 @@ class XdsIndexReader:
     def __init__(self, client: XdsClient) -> None:
         self.client = client
 
-    def on_behalf_of(self, access_token: str) -> AbstractContextManager[None]:
-        """The index calls of this thread run with the professional's own token."""
-        return self.client.on_behalf_of(access_token)
+    def on_behalf_of(
+        self, access_token: str, emergency_reason: str = ""
+    ) -> AbstractContextManager[None]:
+        """The index calls of this thread run with the professional's own token (and, for a
+        declared emergency, its reason)."""
+        return self.client.on_behalf_of(access_token, emergency_reason)
 
     def find(self, patient_id: str) -> list[IndexedDocument]:
         return [indexed(d) for d in self.client.find_documents(patient_id, status=(xds.APPROVED,))]

@@ -40,7 +40,9 @@ class IndexedDocument:
 
 
 class IndexReader(Protocol):
-    def on_behalf_of(self, access_token: str) -> AbstractContextManager[None]: ...
+    def on_behalf_of(
+        self, access_token: str, emergency_reason: str = ""
+    ) -> AbstractContextManager[None]: ...
 
     def find(self, patient_id: str) -> list[IndexedDocument]: ...
 
@@ -100,10 +102,10 @@ class HistoryService:
     def __init__(self, index: IndexReader, codec: ManifestCodec, book: ManifestBook) -> None:
         self.index, self.codec, self.book = index, codec, book
 
-    def history(self, patient_id: str, access_token: str) -> list[Exam]:
+    def history(self, patient_id: str, access_token: str, emergency_reason: str = "") -> list[Exam]:
         """The exams of ``patient_id`` the professional of ``access_token`` may see: the index
-        decides with their own identity."""
-        with self.index.on_behalf_of(access_token):
+        decides with their own identity (in a declared emergency, with its reason)."""
+        with self.index.on_behalf_of(access_token, emergency_reason):
             return self._history(patient_id)
 
     def _history(self, patient_id: str) -> list[Exam]:
