@@ -256,6 +256,9 @@ class ConsoSettings(_Section):
     """Base URL the professionals' browsers reach the box at (e.g. behind a reverse proxy);
     empty = the one each request names."""
     oidc: OidcLoginSettings = OidcLoginSettings()
+    patient_oidc: OidcLoginSettings = OidcLoginSettings(acr_values="", scopes=["openid"])
+    """The patients' provider, for the page where a patient reads who accessed their record
+    (``/patient/``); redirect URI ``{users_url}/patient/callback``."""
 
 
 class SiteSettings(_Section):

@@ -36,6 +36,8 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
              "redirect_uris": [f"http://127.0.0.1:{box_port}/conso/callback"]},
             {"client_id": "box-a", "client_secret": "secret-a"},
             {"client_id": "index", "client_secret": "secret-i"},
+            {"client_id": "portal-b", "client_secret": "secret-p",
+             "redirect_uris": [f"http://127.0.0.1:{box_port}/patient/callback"]},
         ],
     })  # fmt: skip
     with serving(create_idp_app(settings), port=port):
@@ -88,16 +90,21 @@ def box_b(
         public_url=f"http://127.0.0.1:{port}", psc=_introspection(issuer, "box-b", "secret-b"),
         conso={"secure_cookie": False, "oidc": {
             "issuer": issuer, "client_id": "box-b", "client_secret": "secret-b",
-            "redirect_uri": f"http://127.0.0.1:{port}/conso/callback"}},
+            "redirect_uri": f"http://127.0.0.1:{port}/conso/callback"},
+            "patient_oidc": {
+            "issuer": issuer, "client_id": "portal-b", "client_secret": "secret-p",
+            "redirect_uri": f"http://127.0.0.1:{port}/patient/callback"}},
     )  # fmt: skip
     with running_box(settings) as box, serving(create_app(box), port=port) as url:
         yield box, url
 
 
-def _log_in(http: httpx.Client, box: str, person: str, next_path: str) -> httpx.Response:
+def _log_in(
+    http: httpx.Client, box: str, person: str, next_path: str, area: str = "conso"
+) -> httpx.Response:
     """The browser's way: the box sends it to the provider, the person picks themselves on
     the login page, the provider sends it back to the box's callback."""
-    to_provider = http.get(f"{box}/conso/login", params={"next": next_path})
+    to_provider = http.get(f"{box}/{area}/login", params={"next": next_path})
     assert to_provider.status_code == 302, to_provider.text
     page = http.get(to_provider.headers["location"])
     assert page.status_code == 200, page.text
@@ -165,3 +172,30 @@ def test_next_is_never_an_open_redirect(box_b: tuple[SourceBox, str]) -> None:
     with httpx.Client(timeout=30) as browser:
         landed = _log_in(browser, b_url, "generaliste", "//evil.example/steal")
         assert landed.status_code == 303 and landed.headers["location"] == "/conso/"
+
+
+PATIENT_INS, PATIENT_OID = "285067511602105", "1.2.250.1.213.1.4.10"  # "patiente" at the idp
+
+
+def test_the_patient_reads_who_accessed_their_record(box_b: tuple[SourceBox, str]) -> None:
+    _, b_url = box_b
+    with httpx.Client(timeout=30) as pro:  # a radiologist lists the patient's history
+        _log_in(pro, b_url, "radiologue", "/conso/")
+        r = pro.get(f"{b_url}/conso/api/history", params={"ins": PATIENT_INS, "oid": PATIENT_OID})
+        assert r.status_code == 200, r.text
+        # a professional's session opens nothing on the patients' side
+        assert pro.get(f"{b_url}/patient/api/trail").status_code == 401
+    with httpx.Client(timeout=30) as patient:
+        assert patient.get(f"{b_url}/patient/api/trail").status_code == 401
+        landed = _log_in(patient, b_url, "patiente", "/patient/", area="patient")
+        assert landed.status_code == 303
+        events = patient.get(f"{b_url}/patient/api/trail").json()["events"]
+        codes = [e["subtype"][0]["code"] for e in events]
+        assert "history.list" in codes and codes[0] == "trail.read"
+        listed = next(e for e in events if e["subtype"][0]["code"] == "history.list")
+        assert RADIOLOGIST in str(listed["agent"])
+        page = patient.get(f"{b_url}/patient/")
+        assert page.status_code == 200 and "a consulté la liste de vos examens" in page.text
+    with httpx.Client(timeout=30) as impostor:  # a professional's identity is not a patient's
+        refused = _log_in(impostor, b_url, "radiologue", "/patient/", area="patient")
+        assert refused.status_code == 403

@@ -114,6 +114,16 @@ def start_conso(
                           allow_http=o.allow_http)  # fmt: skip
         routes += OidcLogin(oidc, auth).routes("/conso")
         pages.login_url = "/conso/login"
+    if conso.patient_oidc.issuer and recorder is not None:
+        from drimbox.adapters.conso_web.patient import PatientPortal
+        from drimbox.adapters.oidc.relying_party import OidcClient as PatientClient
+
+        p = conso.patient_oidc
+        portal_client = PatientClient(p.issuer, p.client_id, p.client_secret, p.redirect_uri,
+                                      scopes=p.scopes, acr_values=p.acr_values or None,
+                                      allow_http=p.allow_http)  # fmt: skip
+        routes += PatientPortal(portal_client, recorder.auditor,
+                                secure_cookie=conso.secure_cookie).routes("/patient")  # fmt: skip
     dist = ohif_dist(settings)
     if dist is not None:
         from drimbox.adapters.viewer.ohif import viewer_routes
