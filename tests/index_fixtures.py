@@ -17,7 +17,7 @@ import sqlalchemy as sa
 import uvicorn
 
 from drimbox.adapters.storage.index_db import IndexDb, open_index_db
-from drimbox.entrypoints.index import create_index_app
+from drimbox.entrypoints.index import create_index_app, index_tls_options
 from drimbox.settings import IndexSettings
 from tests.peers import free_port, wait_port
 
@@ -82,14 +82,16 @@ def running_index(url: str, port: int | None = None, **settings: object) -> Iter
             port=port,
             log_level="warning",
             access_log=False,
+            **index_tls_options(config),
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_port(port)
-    base = f"http://127.0.0.1:{port}"
+    # with a certificate (issued for localhost), mutual TLS: the fixture's own client is plain
+    base = f"https://localhost:{port}" if config.tls.cert else f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=base, timeout=30) as client:
+        with httpx.Client(base_url=base, timeout=30, verify=False) as client:
             yield IndexServer(base, db, client)
     finally:
         server.should_exit = True

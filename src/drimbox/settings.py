@@ -126,6 +126,15 @@ class IndexTrustSettings(_Section):
     """Calls without credentials run as ``default_caller`` (development only)."""
 
 
+class IndexTlsSettings(_Section):
+    """HTTPS with client certificates: every box calling must present a certificate that
+    chains to ``client_trust_anchors`` (the health PKI's roots)."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    client_trust_anchors: Path | None = None
+
+
 class IndexSettings(_Section):
     """Settings of ``drimbox index`` (the national index: XDS.b registry + repository)."""
 
@@ -143,6 +152,7 @@ class IndexSettings(_Section):
     """HTTP worker processes sharing the port; 0 = one per core."""
     default_caller: CallerSettings = CallerSettings()
     trust: IndexTrustSettings = IndexTrustSettings()
+    tls: IndexTlsSettings = IndexTlsSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @property

@@ -157,3 +157,21 @@ def test_the_signed_whitelist_names_the_boxes(
             assert client.get(url, headers=headers).status_code == status
         with httpx.Client(verify=pki.ctx("rogue"), timeout=60) as client:
             assert client.get(url, headers=headers).status_code == 403
+
+
+def test_the_index_demands_a_box_certificate(tmp_path: Path, pki: Pki) -> None:
+    from drimbox.adapters.xds.client import XdsClient
+    from drimbox.domain.errors import PeerUnavailable
+    from tests.index_fixtures import database_url, running_index
+
+    tls = {"cert": pki.folder / "box-a-fullchain.pem", "key": pki.folder / "box-a.key",
+           "client_trust_anchors": pki.folder / "root.crt"}  # fmt: skip
+    patient = "248000000000070^^^&1.2.250.1.213.1.4.10&ISO^NH"
+    with database_url("sqlite", tmp_path) as url, running_index(url, tls=tls) as index:
+        assert index.url.startswith("https://localhost:")
+        with XdsClient(index.url, client=httpx.Client(verify=pki.ctx("box-b"), timeout=30)) as c:
+            assert c.find_documents(patient) == []
+        for who in (None, "intruder"):  # no certificate, or one from a CA nobody trusts
+            with XdsClient(index.url, client=httpx.Client(verify=pki.ctx(who), timeout=30)) as c, \
+                    pytest.raises(PeerUnavailable):  # fmt: skip
+                c.find_documents(patient)

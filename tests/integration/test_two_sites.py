@@ -68,17 +68,24 @@ def psc() -> Iterator[FakePsc]:
 
 @pytest.fixture(scope="module")
 def index(
-    tmp_path_factory: pytest.TempPathFactory, psc: FakePsc, signer_files: tuple[Path, Path]
+    tmp_path_factory: pytest.TempPathFactory,
+    psc: FakePsc,
+    signer_files: tuple[Path, Path],
+    pki: Pki,
 ) -> Iterator[IndexServer]:
-    """An index that trusts no default caller: box A publishes with its signed VIHF assertion,
-    box B asks with the professional's token."""
+    """An index that trusts no default caller and demands the boxes' certificates (mutual
+    TLS): box A publishes with its signed VIHF assertion, box B asks with the professional's
+    token."""
     folder = tmp_path_factory.mktemp("index-two-sites")
     root = x509.load_pem_x509_certificates(signer_files[1].read_bytes())[-1]
     anchors = folder / "vihf-roots.pem"
     anchors.write_bytes(root.public_bytes(Encoding.PEM))
     trust = {"introspection_url": psc.introspection_url, "client_id": "drimbox",
              "client_secret": "secret", "vihf_trust_anchors": anchors}  # fmt: skip
-    with database_url("sqlite", folder) as url, running_index(url, trust=trust) as server:
+    tls = {"cert": pki.folder / "box-a-fullchain.pem", "key": pki.folder / "box-a.key",
+           "client_trust_anchors": pki.folder / "root.crt"}  # fmt: skip
+    with database_url("sqlite", folder) as url, \
+            running_index(url, trust=trust, tls=tls) as server:  # fmt: skip
         yield server
 
 

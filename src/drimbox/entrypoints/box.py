@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,6 +37,7 @@ from drimbox.adapters.hl7.parse import parse_message
 from drimbox.adapters.pacs_fetch import CGetFetcher, DicomwebFetcher
 from drimbox.adapters.source_web.wado import SourceWado, TokenVerifier
 from drimbox.adapters.trust.introspection import IntrospectionUnavailable, TokenIntrospector
+from drimbox.adapters.trust.peer_tls import client_context
 from drimbox.adapters.trust.whitelist_refresh import WhitelistRefresher
 from drimbox.adapters.xds import submission_builder as sb
 from drimbox.adapters.xds.client import XdsClient
@@ -193,7 +195,12 @@ def start_source(settings: BoxSettings) -> SourceBox:
         backoff_max=settings.backoff_max,
     )  # fmt: skip
     source = submission_source(settings)
-    client = XdsClient(settings.index_url, timeout=settings.index_timeout, source=source)
+    client = XdsClient(
+        settings.index_url,
+        timeout=settings.index_timeout,
+        client=index_http(settings),
+        source=source,
+    )
     signer, assertions = load_signing(settings)
     gateway = XdsSourceGateway(client, source, signer, assertions)
     codec = KosCodec()
@@ -269,6 +276,17 @@ def pacs_fetcher(settings: BoxSettings, cache: InstanceCache) -> CGetFetcher | D
 class _NoIdentityProvider:
     def verify(self, token: str) -> object:
         raise IntrospectionUnavailable("no Pro Santé Connect introspection endpoint configured")
+
+
+def index_http(settings: BoxSettings) -> httpx.Client | None:
+    """The HTTP client for index calls: the box's certificate presented (mutual TLS) and the
+    index's checked against the box's anchors, when the box has a certificate."""
+    tls = settings.tls
+    if tls.cert is None:
+        return None
+    context = client_context(str(tls.cert), str(tls.key) if tls.key else None,
+                             str(tls.trust_anchors) if tls.trust_anchors else None)  # fmt: skip
+    return httpx.Client(timeout=settings.index_timeout, verify=context)
 
 
 def start_whitelist(settings: BoxSettings) -> WhitelistRefresher | None:

@@ -62,6 +62,12 @@ def ohif_dist(settings: BoxSettings) -> Path | None:
     return folder
 
 
+def _index_http(settings: BoxSettings) -> httpx.Client | None:
+    from drimbox.entrypoints.box import index_http
+
+    return index_http(settings)
+
+
 def start_conso(
     settings: BoxSettings,
     verifier: TokenVerifier,
@@ -85,7 +91,9 @@ def start_conso(
     http = httpx.Client(timeout=httpx.Timeout(conso.source_timeout), follow_redirects=False,
                         verify=verify)  # fmt: skip
     images = ImageProvider(cache, RemoteSourceFetcher(http))
-    client = XdsClient(settings.index_url, timeout=settings.index_timeout)
+    client = XdsClient(
+        settings.index_url, timeout=settings.index_timeout, client=_index_http(settings)
+    )
     index = XdsIndexReader(client)
     book = ManifestBook()
     auth = SessionAuth(SessionStore(conso.session_idle), verifier, conso.secure_cookie)

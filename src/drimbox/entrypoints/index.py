@@ -12,7 +12,9 @@ import multiprocessing
 import os
 import signal
 import socket
+import ssl
 import threading
+from typing import Any
 
 import uvicorn
 from lxml import etree
@@ -35,7 +37,7 @@ from drimbox.services.index.journal import IndexContext
 from drimbox.services.index.query import QueryService
 from drimbox.services.index.register import RegisterService
 from drimbox.services.index.update import UpdateService
-from drimbox.settings import CallerSettings, IndexSettings
+from drimbox.settings import CallerSettings, ConfigError, IndexSettings
 
 log = logging.getLogger("drimbox.index")
 
@@ -96,11 +98,25 @@ def _serve(settings: IndexSettings, sock: socket.socket | None) -> None:
         access_log=False,
         loop="uvloop",
         http="httptools",
+        **index_tls_options(settings),
     )
     try:
         uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
     finally:
         db.close()
+
+
+def index_tls_options(settings: IndexSettings) -> dict[str, Any]:
+    """uvicorn options: mutual TLS when the index has a certificate (boxes must present
+    theirs, chaining to the configured roots)."""
+    tls = settings.tls
+    if tls.cert is None:
+        return {}
+    if tls.key is None or tls.client_trust_anchors is None:
+        raise ConfigError("index.tls.cert needs index.tls.key and index.tls.client_trust_anchors")
+    return {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key),
+            "ssl_ca_certs": str(tls.client_trust_anchors),
+            "ssl_cert_reqs": ssl.CERT_REQUIRED}  # fmt: skip
 
 
 def _worker(settings_json: str, sock: socket.socket) -> None:
@@ -115,8 +131,8 @@ def run_index(settings: IndexSettings) -> int:
     db.close()
     workers = settings.workers or (os.cpu_count() or 1)
     log.info(
-        "XDS endpoint on http://%s:%d/registry (%d process(es))",
-        settings.host, settings.port, workers,
+        "XDS endpoint on %s://%s:%d/registry (%d process(es))",
+        "https" if settings.tls.cert else "http", settings.host, settings.port, workers,
     )  # fmt: skip
     if workers == 1:
         _serve(settings, None)
