@@ -24,6 +24,7 @@ from drimbox.adapters.trust.introspection import (
 from drimbox.services.conso.sessions import Session, SessionStore
 
 COOKIE = "drimbox_session"
+_MAX_TOKENS = 50_000
 
 
 class TokenVerifier(Protocol):
@@ -72,6 +73,9 @@ class SessionAuth:
             if session is None:
                 subject = str(getattr(principal, "subject_name_id", "") or principal.subject)
                 session = self.store.open(subject, token, float(principal.expires_at))
+                if len(self._by_token) >= _MAX_TOKENS:  # drop mappings of ended sessions
+                    self._by_token = {k: v for k, v in self._by_token.items()
+                                      if self.store.get(v) is not None}  # fmt: skip
                 self._by_token[key] = session.id
         return session
 

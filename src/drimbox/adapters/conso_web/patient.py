@@ -68,6 +68,9 @@ class PatientPortal:
         with self._lock:
             now = time.time()
             self._pending = {k: v for k, v in self._pending.items() if v[1] > now - 900}
+            if len(self._pending) >= 10_000:
+                return HTMLResponse("<p>Trop de connexions en cours, réessayez.</p>",
+                                    status_code=503)  # fmt: skip
             self._pending[key] = (pending, now)
         response = RedirectResponse(pending.url, status_code=302)
         response.set_cookie(LOGIN_COOKIE, key, httponly=True, samesite="lax",
