@@ -199,3 +199,28 @@ def test_the_patient_reads_who_accessed_their_record(box_b: tuple[SourceBox, str
     with httpx.Client(timeout=30) as impostor:  # a professional's identity is not a patient's
         refused = _log_in(impostor, b_url, "radiologue", "/patient/", area="patient")
         assert refused.status_code == 403
+
+
+def test_the_contextual_call_opens_the_patient_with_the_callers_context(
+    box_b: tuple[SourceBox, str],
+) -> None:
+    from tests.unit.test_contextual_call import CALL
+
+    _, b_url = box_b
+    with httpx.Client(timeout=30) as browser:
+        _log_in(browser, b_url, "radiologue", "/conso/")
+        r = browser.post(f"{b_url}/conso/appel-contextuel", data=CALL)
+        assert r.status_code == 303
+        page = browser.get(b_url + r.headers["location"])
+        assert page.status_code == 200, page.text
+        assert "MARTIN Marie" in page.text and "IPP-0042" in page.text
+        for bad in (
+            {**CALL, "Intrus": "1"},
+            {**CALL, "InformationEtOppositionConsultation": "non"},
+        ):
+            refused = browser.post(f"{b_url}/conso/appel-contextuel", data=bad)
+            assert refused.status_code == 400 and "Appel contextuel refusé" in refused.text
+        refused = browser.post(f"{b_url}/conso/appel-contextuel", json=CALL)
+        assert refused.status_code == 400
+        stats = browser.get(f"{b_url}/conso/api/stats/appels").json()
+        assert stats["succes"] >= 1 and stats["erreur"] >= 3

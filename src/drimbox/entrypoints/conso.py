@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute
 from drimbox.adapters.audit.recorder import AccessRecorder
 from drimbox.adapters.cache.instance_cache import InstanceCache
 from drimbox.adapters.conso_web.auth import SessionAuth, TokenVerifier
+from drimbox.adapters.conso_web.contextual import ContextualCalls
 from drimbox.adapters.conso_web.pages import ConsoPages
 from drimbox.adapters.conso_web.proxy import ConsoProxy, RemoteSourceFetcher
 from drimbox.adapters.dimse.scu import send_files
@@ -110,7 +111,10 @@ def start_conso(
     pages = ConsoPages(auth, HistoryService(index, KosCodec(), book), index, proxy, importer,
                        viewer_url=VIEWER + "/viewer", workdir=folder / "work")  # fmt: skip
     pages.recorder = recorder
-    routes: list[BaseRoute] = [*pages.routes("/conso"), *proxy.routes(PROXY_ROOT)]
+    contextual = ContextualCalls(folder)
+    pages.contextual = contextual
+    routes: list[BaseRoute] = [*pages.routes("/conso"), *contextual.routes("/conso"),
+                               *proxy.routes(PROXY_ROOT)]  # fmt: skip
     oidc = None
     if conso.oidc.issuer:
         from drimbox.adapters.conso_web.login import OidcLogin

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from drimbox.adapters.audit.recorder import AccessRecorder, patient_ins, professional
 from drimbox.adapters.conso_web.auth import SessionAuth
+from drimbox.adapters.conso_web.contextual import ContextualCalls, identity_banner, read_form
 from drimbox.adapters.conso_web.proxy import ConsoProxy
 from drimbox.adapters.dicomweb.errors import HttpProblem
 from drimbox.adapters.documents.report_html import report_html, report_pdf
@@ -90,6 +91,7 @@ class ConsoPages:
         self.workdir = workdir
         self.login_url = ""  # set when an OpenID provider is configured
         self.recorder: AccessRecorder | None = None
+        self.contextual: ContextualCalls | None = None
 
     def routes(self, prefix: str = "/conso") -> list[Route]:
         return [
@@ -182,12 +184,22 @@ class ConsoPages:
 
     async def history_page(self, request: Request) -> Response:
         if self.login_url and await self.auth.current(request) is None:
-            return RedirectResponse(f"{self.login_url}?next={quote(request.url.path)}", 303)
+            back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"{self.login_url}?next={quote(back)}", 303)
         ins = request.path_params["ins"]
         oid = request.query_params.get("oid", DEFAULT_INS_OID)
         if oid not in INS_OIDS:
             raise HttpProblem(400, "OID d'INS inconnu")
+        call = None
+        if self.contextual is not None and request.query_params.get("ctx"):
+            call = self.contextual.get(request.query_params["ctx"])
+            if call is not None and call.ins.value != ins:
+                call = None  # a context for another patient is never applied
         _, exams = await self._history(request, ins, oid)
+        if call is not None:
+            exams = _filtered(exams, call.filters)
+        ipp = html.escape(call.local_id) if call else ""
+        issuer = html.escape(call.local_id_issuer) if call else ""
         rows = []
         for e in exams:
             report = '<span class="muted">pas de compte rendu</span>'
@@ -202,8 +214,10 @@ class ConsoPages:
                     f" comparer</label>"
                     f'<a class="button" href="../api/exams/{study}/zip">Télécharger (ZIP)</a>'
                     f'<form method="post" action="../api/exams/{study}/import">'
-                    f'<input name="ipp" placeholder="IPP local" required size="10">'
-                    f'<input name="ipp_issuer" placeholder="émetteur" size="10">'
+                    f'<input name="ipp" placeholder="IPP local" required size="10"'
+                    f' value="{ipp}">'
+                    f'<input name="ipp_issuer" placeholder="émetteur" size="10"'
+                    f' value="{issuer}">'
                     f"<button>Importer dans le PACS</button></form>"
                 )
             else:
@@ -221,8 +235,9 @@ class ConsoPages:
             f"'{self.viewer_url}?StudyInstanceUIDs='+u.join(',')}}</script>"
             '<button onclick="comparer()">Comparer les examens cochés</button>'
         )
+        banner = identity_banner(call) if call else f"<p>Patient INS {html.escape(ins)}</p>"
         body = (
-            f"<h1>Historique d'imagerie</h1><p>Patient INS {html.escape(ins)}</p>"
+            f"<h1>Historique d'imagerie</h1>{banner}"
             "<table><tr><th>Date</th><th>Modalité</th><th>Région</th><th>Site</th>"
             "<th>Examen</th><th>Compte rendu</th><th>Actions</th></tr>"
             + ("".join(rows) or "<tr><td colspan=7>Aucun examen publié.</td></tr>")
@@ -279,10 +294,15 @@ class ConsoPages:
     async def start_import(self, request: Request) -> Response:
         session, manifest, remote, items = await self._exam_items(request)
         form: Any
-        if request.headers.get("content-type", "").startswith("application/json"):
-            form = await request.json()
-        else:
-            form = await request.form()
+        try:
+            if request.headers.get("content-type", "").startswith("application/json"):
+                form = await request.json()
+            else:
+                form = dict(await read_form(request))
+        except (ValueError, InvalidInput) as exc:
+            raise HttpProblem(400, f"demande illisible : {exc}") from None
+        if not isinstance(form, dict):
+            raise HttpProblem(400, "demande illisible")
         ipp = str(form.get("ipp", "")).strip()
         issuer = str(form.get("ipp_issuer", "")).strip()
         if not ipp:
@@ -346,3 +366,14 @@ class ConsoPages:
 
 def _ins_of(manifest: Any) -> Ins | None:
     return patient_ins(manifest.patient.ins, manifest.patient.ins_oid)
+
+
+def _filtered(exams: list[Exam], filters: dict[str, str]) -> list[Exam]:
+    """The calling software's filters (contextual call): study, modality, accession."""
+    study = filters.get("StudyInstanceUID")
+    modality = filters.get("Modality")
+    accession = filters.get("AccessionNumber")
+    return [e for e in exams
+            if (not study or e.study_uid == study)
+            and (not modality or modality in e.modalities)
+            and (not accession or e.accession == accession)]  # fmt: skip
