@@ -327,6 +327,9 @@ class BoxSettings(_Section):
     """PEM private key of the structure's signing certificate (XAdES of submission sets)."""
     signing_chain: Path | None = None
     """PEM certificates: the signing certificate first, then its CA chain."""
+    admin_national_ids: list[str] = Field(default_factory=list)
+    """National ids (PSC ``SubjectNameID``) of the professionals who may use ``/admin`` from
+    another machine, logged in on the Conso or with their token; empty = loopback only."""
     site: SiteSettings = SiteSettings()
     psc: PscSettings = PscSettings()
     tls: BoxTlsSettings = BoxTlsSettings()

@@ -118,7 +118,7 @@ def test_people_file_replaces_the_built_in_list(tmp_path: Path) -> None:
         (lambda d: d["patients"][0].update(ins="285067511602106"), "key"),
         (lambda d: d["professionals"][0].update(rpps="99700218897"), "Luhn"),
         (lambda d: d["professionals"][1].update(id="radiologue"), "twice"),
-        (lambda d: d["professionals"][0].update(password="x"), "password"),
+        (lambda d: d["professionals"][0].update(mot_de_passe="x"), "mot_de_passe"),
         (lambda d: d["patients"][0].update(ins_oid="1.2.3"), "INS issuer"),
     ],
 )

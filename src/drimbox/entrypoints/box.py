@@ -192,7 +192,7 @@ def start_source(settings: BoxSettings) -> SourceBox:
         wado_base=settings.wado_base, retrieve_location_uid=settings.site.source_id,
         publish_reports=settings.publish_reports, images_retry=settings.images_retry,
         images_deadline=settings.images_deadline, backoff_initial=settings.backoff_initial,
-        backoff_max=settings.backoff_max,
+        backoff_max=settings.backoff_max, institution_name=settings.site.name,
     )  # fmt: skip
     source = submission_source(settings)
     client = XdsClient(
@@ -245,7 +245,7 @@ def start_source(settings: BoxSettings) -> SourceBox:
              settings.index_url, settings.wado_base)  # fmt: skip
     verifier = token_verifier(settings)
     recorder = open_recorder(settings.data_dir / "trail", settings.base_url)
-    routes: list[BaseRoute] = list(admin_routes(inbox, outbox, pipeline.wake))
+    routes: list[BaseRoute] = []
     source_pool = None
     if settings.source_port:
         from drimbox.entrypoints.source_workers import start_source_workers
@@ -259,8 +259,58 @@ def start_source(settings: BoxSettings) -> SourceBox:
     if settings.conso.enabled:
         conso = start_conso(settings, verifier, listed_boxes(whitelist), recorder)
         routes += conso.routes
+    routes += admin(settings, inbox, outbox, pipeline.wake, cache, conso, whitelist, verifier)
     return SourceBox(settings, inbox, outbox, pipeline, mllp, iocm, client, cache, images,
                      prefetcher, routes, conso, source_pool, whitelist)  # fmt: skip
+
+
+def admin(
+    settings: BoxSettings, inbox: Inbox, outbox: Outbox, wake: Callable[[], None],
+    cache: InstanceCache, conso: Conso | None, whitelist: WhitelistRefresher | None,
+    verifier: TokenVerifier,
+) -> list[Route]:  # fmt: skip
+    """The admin page and API: the links to the PACS and the index checked, the caches, the
+    whitelist, the counters from the access trail and the imports; professionals named in
+    ``admin_national_ids`` let in from other machines (Conso session or bearer token)."""
+    from drimbox.adapters.audit.jsonl_trail import TRAIL_FILE
+    from drimbox.adapters.box_web.admin import (
+        AdminGate,
+        BoxHealth,
+        LinkProbe,
+        TrailCounter,
+        c_echo,
+        http_ping,
+    )
+    from drimbox.adapters.conso_web.auth import SessionAuth
+    from drimbox.services.conso.sessions import SessionStore
+
+    pacs = settings.pacs
+    timeout = min(pacs.timeout, 5.0)  # a health check, not a transfer: the page must answer
+    probes = [LinkProbe(
+        "pacs", "PACS (C-ECHO)", f"{pacs.aet}@{pacs.host}:{pacs.port}",
+        lambda: c_echo(pacs.host, pacs.port, pacs.aet, pacs.calling_aet, timeout),
+    )]  # fmt: skip
+    if pacs.dicomweb_url:
+        url = pacs.dicomweb_url.rstrip("/")
+        probes.append(LinkProbe("pacs_dicomweb", "PACS (DICOMweb)", url,
+                                http_ping(f"{url}/studies?limit=1")))  # fmt: skip
+    health_url = f"{settings.index_url.rstrip('/')}/health"
+    probes.append(LinkProbe("index", "Index national", health_url,
+                            http_ping(health_url, lambda: index_http(settings))))  # fmt: skip
+    caches: dict[str, InstanceCache] = {"source": cache}
+    if conso is not None:
+        caches["conso"] = conso.cache
+    health = BoxHealth(
+        probes, caches, whitelist.holder if whitelist else None,
+        TrailCounter(settings.data_dir / "trail" / TRAIL_FILE),
+        settings.data_dir / "conso" / "imports.sqlite" if conso is not None else None,
+    )  # fmt: skip
+    sessions = None
+    if settings.admin_national_ids:  # the Conso's professionals, or tokens alone without it
+        sessions = conso.proxy.sessions if conso is not None else SessionAuth(
+            SessionStore(), verifier, settings.conso.secure_cookie)  # fmt: skip
+    gate = AdminGate(frozenset(settings.admin_national_ids), sessions)
+    return admin_routes(inbox, outbox, wake, health=health, gate=gate)
 
 
 def pacs_fetcher(settings: BoxSettings, cache: InstanceCache) -> CGetFetcher | DicomwebFetcher:

@@ -89,7 +89,7 @@ def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--patients", type=int, default=10)
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--size", choices=["realistic", "small"], default="realistic")
+    p.add_argument("--size", choices=["realistic", "medium", "small"], default="realistic")
     p.add_argument("--messages", choices=["ORU", "MDM", "both"], default="both")
     p.add_argument("--ct-only", type=int, metavar="SLICES",
                    help="only one CT series of SLICES 512x512 slices (benchmarks)")  # fmt: skip
@@ -167,6 +167,22 @@ def _add_pki(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--days", type=int, default=397)
 
 
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="run the whole network on this machine (index, idp, 3 sites)")
+    p.add_argument("--data-dir", type=Path, default=Path("./drimbox-demo"))
+    p.add_argument("--host", default="localhost", help="host name in every URL (default localhost)")
+    p.add_argument("--base-port", type=int, default=None,
+                   help="first of the ports (default 8400, or those of the previous start; "
+                        "0 = any free ports)")  # fmt: skip
+    p.add_argument("--patients", type=int, default=20, help="synthetic patients (first start)")
+    p.add_argument("--size", choices=["realistic", "medium", "small"], default="medium",
+                   help="image sizes of the synthetic history (first start)")  # fmt: skip
+    p.add_argument("--reset", action="store_true", help="start again from an empty folder")
+    t = sub.add_parser("dev-token", help="print a bearer token for a user of a running demo")
+    t.add_argument("--demo", type=Path, default=Path("./drimbox-demo"), help="its --data-dir")
+    t.add_argument("--user", required=True, help="login (see demo.json users)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drimbox", description=__doc__)
     parser.add_argument("--version", action="version", version=f"drimbox {__version__}")
@@ -179,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_idp(sub)
     _add_whitelist(sub)
     _add_pki(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -294,6 +311,22 @@ def _pki(args: argparse.Namespace) -> int:
     return run_pki(args)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from drimbox.entrypoints.demo import run_demo
+    from drimbox.entrypoints.dev_token import run_dev_token
+
+    if args.command == "dev-token":
+        return run_dev_token(args.demo, args.user)
+    if args.base_port is not None and not 0 <= args.base_port <= 65000:
+        print("drimbox: --base-port must be between 0 and 65000", file=sys.stderr)
+        return 2
+    if args.patients < 1:
+        print("drimbox: --patients must be at least 1", file=sys.stderr)
+        return 2
+    return run_demo(args.data_dir, args.host, args.base_port, args.patients, args.size,
+                    args.reset)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -313,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _whitelist(args)
         if args.command == "pki":
             return _pki(args)
+        if args.command in ("demo", "dev-token"):
+            return _demo(args)
     except ConfigError as exc:
         print(f"drimbox: {exc}", file=sys.stderr)
         return 2

@@ -1,13 +1,17 @@
 """The Conso side of ``drimbox box``: wires the history (index), the viewer proxy (Source
-boxes), import (the site's PACS), download and the OHIF viewer into HTTP routes."""
+boxes), import (the site's PACS), download and the OHIF viewer into HTTP routes; and, with a
+patients' provider configured, the patient's portal (``/patient/``) with its own DICOMweb
+root (``/patient/dicomweb``) and viewer (``/patient/viewer``)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from starlette.routing import BaseRoute
@@ -20,6 +24,7 @@ from drimbox.adapters.conso_web.pages import ConsoPages
 from drimbox.adapters.conso_web.proxy import ConsoProxy, RemoteSourceFetcher
 from drimbox.adapters.dimse.scu import send_files
 from drimbox.adapters.documents.manifest_codec import KosCodec
+from drimbox.adapters.source_web.wado import MetadataCache
 from drimbox.adapters.trust.peer_tls import client_context
 from drimbox.adapters.xds.client import XdsClient
 from drimbox.adapters.xds.conso_index import XdsIndexReader
@@ -34,6 +39,8 @@ log = logging.getLogger(__name__)
 
 PROXY_ROOT = "/conso/dicomweb"
 VIEWER = "/viewer"
+PATIENT_PROXY_ROOT = "/patient/dicomweb"
+PATIENT_VIEWER = "/patient/viewer"
 
 
 @dataclass
@@ -45,6 +52,9 @@ class Conso:
     cache: InstanceCache
     proxy: ConsoProxy
     routes: list[BaseRoute] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+    patients: Any = None
+    """The patients' sessions (``PatientSessions``) when the portal is on."""
 
     def stop(self) -> None:
         self.images.close()
@@ -52,6 +62,8 @@ class Conso:
         self.client.close()
         self.http.close()
         self.cache.close()
+        for close in self.closers:
+            close()
 
 
 def ohif_dist(settings: BoxSettings) -> Path | None:
@@ -126,17 +138,13 @@ def start_conso(
                           allow_http=o.allow_http)  # fmt: skip
         routes += OidcLogin(oidc, auth).routes("/conso")
         pages.login_url = "/conso/login"
-    if conso.patient_oidc.issuer and recorder is not None:
-        from drimbox.adapters.conso_web.patient import PatientPortal
-        from drimbox.adapters.oidc.relying_party import OidcClient as PatientClient
-
-        p = conso.patient_oidc
-        portal_client = PatientClient(p.issuer, p.client_id, p.client_secret, p.redirect_uri,
-                                      scopes=p.scopes, acr_values=p.acr_values or None,
-                                      allow_http=p.allow_http)  # fmt: skip
-        routes += PatientPortal(portal_client, recorder.auditor,
-                                secure_cookie=conso.secure_cookie).routes("/patient")  # fmt: skip
     dist = ohif_dist(settings)
+    closers: list[Callable[[], None]] = []
+    patients = None
+    if conso.patient_oidc.issuer and recorder is not None:
+        patients, more = _patient_portal(settings, recorder, index, book, allowed, images,
+                                         verify, proxy.metadata, folder, dist, closers)  # fmt: skip
+        routes += more
     if dist is not None:
         from drimbox.adapters.viewer.ohif import viewer_routes
 
@@ -145,4 +153,44 @@ def start_conso(
         log.warning("no OHIF build configured (box.conso.ohif_dir): the viewer is not served")
     log.info("Conso: history from %s, %d allowed Source box(es), viewer %s",
              settings.index_url, len(conso.allowed_sources), "on" if dist else "off")  # fmt: skip
-    return Conso(images, importer, client, http, cache, proxy, routes)
+    return Conso(images, importer, client, http, cache, proxy, routes, closers, patients)
+
+
+def _patient_portal(
+    settings: BoxSettings, recorder: AccessRecorder, index: XdsIndexReader, book: ManifestBook,
+    allowed: AllowedSources, images: ImageProvider, verify: ssl.SSLContext | bool,
+    metadata: MetadataCache, folder: Path, dist: Path | None,
+    closers: list[Callable[[], None]],
+) -> tuple[Any, list[BaseRoute]]:  # fmt: skip
+    """The patient's portal: exams from the index (JSON API and ITI-43, with the patient's
+    token), the patients' own DICOMweb root and viewer, and their access trail."""
+    from drimbox.adapters.conso_web.patient import PatientPortal
+    from drimbox.adapters.conso_web.patient_auth import PatientSessions
+    from drimbox.adapters.index_api.client import IndexApiClient
+    from drimbox.adapters.oidc.relying_party import OidcClient
+    from drimbox.services.conso.patient_record import PatientRecord
+
+    conso = settings.conso
+    p = conso.patient_oidc
+    client = OidcClient(p.issuer, p.client_id, p.client_secret, p.redirect_uri,
+                        scopes=p.scopes, acr_values=p.acr_values or None,
+                        allow_http=p.allow_http)  # fmt: skip
+    index_http = _index_http(settings)  # mutual TLS with the index, as for ITI calls
+    api = IndexApiClient(settings.index_url, client=index_http, timeout=settings.index_timeout)
+    closers.append(index_http.close if index_http is not None else api.close)
+    sessions = PatientSessions(secure_cookie=conso.secure_cookie, users_url=conso.users_url)
+    proxy = ConsoProxy(sessions, book, allowed, images, PATIENT_PROXY_ROOT,
+                       timeout=conso.source_timeout, verify=verify, users_url=conso.users_url,
+                       recorder=recorder, metadata=metadata)  # fmt: skip
+    portal = PatientPortal(
+        client, recorder, sessions, record=PatientRecord(api, index, KosCodec(), book),
+        proxy=proxy, viewer_url=PATIENT_VIEWER + "/viewer" if dist else "",
+        workdir=folder / "work",
+    )  # fmt: skip
+    routes: list[BaseRoute] = [*portal.routes("/patient"), *proxy.routes(PATIENT_PROXY_ROOT)]
+    if dist is not None:
+        from drimbox.adapters.viewer.ohif import viewer_routes
+
+        routes += viewer_routes(dist, mount=PATIENT_VIEWER, dicomweb_root=PATIENT_PROXY_ROOT,
+                                name="DRIMbox — espace patient")  # fmt: skip
+    return sessions, routes

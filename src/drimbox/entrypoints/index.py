@@ -28,6 +28,7 @@ from drimbox.adapters.storage.index_db import IndexDb, make_engine, open_index_d
 from drimbox.adapters.trust.chain import load_trust_anchors
 from drimbox.adapters.trust.index_caller import IndexAuthenticator
 from drimbox.adapters.trust.introspection import TokenIntrospector
+from drimbox.adapters.trust.patient_caller import PatientAwareAuthenticator, with_patients
 from drimbox.adapters.xds.context import XdsServices
 from drimbox.adapters.xds.routes import SoapEndpoint, soap_routes
 from drimbox.domain.access import ActorKind, CallerIdentity
@@ -54,7 +55,9 @@ def default_caller(settings: CallerSettings) -> CallerIdentity:
     )
 
 
-def index_authenticator(settings: IndexSettings) -> IndexAuthenticator:
+def index_authenticator(settings: IndexSettings) -> PatientAwareAuthenticator:
+    """Who calls: a professional (token or VIHF), a patient (their own token), or the
+    development default caller when allowed."""
     trust = settings.trust
     tokens = None
     if trust.introspection_url:
@@ -64,7 +67,7 @@ def index_authenticator(settings: IndexSettings) -> IndexAuthenticator:
     if default is not None:
         log.warning("index: calls without credentials run as %r (development setting)",
                     default.who)  # fmt: skip
-    return IndexAuthenticator(tokens=tokens, vihf_anchors=anchors, default=default)
+    return with_patients(IndexAuthenticator(tokens=tokens, vihf_anchors=anchors, default=default))
 
 
 async def _health(request: Request) -> Response:

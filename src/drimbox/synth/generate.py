@@ -342,7 +342,7 @@ def generate_history(
     patients: int,
     sites: int,
     seed: int,
-    size: Literal["realistic", "small"] = "realistic",
+    size: Literal["realistic", "medium", "small"] = "realistic",
     message_type: Literal["ORU", "MDM", "both"] = "both",
 ) -> SynthManifest:
     """Write the imaging history of ``patients`` patients across ``sites`` sites."""

@@ -42,7 +42,7 @@ from drimbox.synth import images
 from drimbox.synth.patients import Patient
 from drimbox.synth.sites import Physician, Site
 
-Size = Literal["realistic", "small"]
+Size = Literal["realistic", "medium", "small"]
 Orientation = Literal["AX", "COR", "SAG"]
 SeriesKind = Literal["ct", "ct_localizer", "mr", "projection", "mammo", "us", "nm"]
 
@@ -318,12 +318,17 @@ class _SeriesSpec:
 
 
 def _count(rng: random.Random, size: Size, low: int, high: int) -> int:
-    """Slices of a stack: realistic ranges, or at most five in the small size."""
-    return rng.randint(low, high) if size == "realistic" else rng.randint(min(3, low), 5)
+    """Slices of a stack: realistic ranges, at most 16 in the medium size (real matrices, a
+    demo that starts in a minute), at most five in the small size."""
+    if size == "realistic":
+        return rng.randint(low, high)
+    if size == "medium":
+        return rng.randint(min(8, low), min(16, high))
+    return rng.randint(min(3, low), 5)
 
 
 def _ct_specs(rng: random.Random, key: str, size: Size) -> list[_SeriesSpec]:
-    m = (512, 512) if size == "realistic" else (64, 64)
+    m = (64, 64) if size == "small" else (512, 512)
     anatomy: images.Anatomy
     loc: images.ProjectionKind
     if key == "ct_chest":
@@ -399,7 +404,7 @@ _MR_PROTOCOLS: dict[str, tuple[tuple[str, images.Weighting, Orientation], ...]] 
 
 
 def _mr_specs(rng: random.Random, key: str, size: Size) -> list[_SeriesSpec]:
-    m = (256, 256) if size == "realistic" else (64, 64)
+    m = (64, 64) if size == "small" else (256, 256)
     protocol = _MR_PROTOCOLS[key]
     chosen = list(protocol[:3]) + rng.sample(protocol[3:], rng.randint(0, len(protocol) - 3))
     anatomy: images.Anatomy = "head" if key == "mr_brain" else "knee"
@@ -418,12 +423,13 @@ def _mr_specs(rng: random.Random, key: str, size: Size) -> list[_SeriesSpec]:
 def _series_specs(rng: random.Random, exam_type: ExamType, size: Size) -> list[_SeriesSpec]:
     key = exam_type.key
     realistic = size == "realistic"
+    medium = size == "medium"
     if key.startswith("ct_"):
         return _ct_specs(rng, key, size)
     if key.startswith("mr_"):
         return _mr_specs(rng, key, size)
     if key.startswith("xr_"):
-        m = (2500, 2048) if realistic else (128, 104)
+        m = (2500, 2048) if realistic else (1250, 1024) if medium else (128, 104)
         specs = [_SeriesSpec("Thorax face", "projection", 1, m, 430.0, views=(("U", "PA"),),
                              window=(2048.0, 4096.0))]  # fmt: skip
         if key == "xr_chest_2v":
@@ -433,15 +439,15 @@ def _series_specs(rng: random.Random, exam_type: ExamType, size: Size) -> list[_
             )  # fmt: skip
         return specs
     if key == "mg_screening":
-        m = (2500, 2000) if realistic else (128, 104)
+        m = (2500, 2000) if realistic else (1250, 1000) if medium else (128, 104)
         views = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
         return [_SeriesSpec("Mammographie de dépistage", "mammo", 4, m, 240.0, views=views,
                             window=(2048.0, 4096.0))]  # fmt: skip
     if key == "us_abdomen":
-        m = (480, 640) if realistic else (60, 80)
+        m = (60, 80) if size == "small" else (480, 640)
         return [_SeriesSpec("Échographie abdominale", "us", _count(rng, size, 10, 30), m, 160.0,
                             window=(128.0, 256.0))]  # fmt: skip
-    m = (128, 128) if realistic else (64, 64)
+    m = (64, 64) if size == "small" else (128, 128)
     specs = [_SeriesSpec("Thyroïde statique antérieure", "nm", 1, m, 250.0, window=(70.0, 140.0))]
     if rng.random() < 0.5:
         specs.append(_SeriesSpec("Thyroïde obliques", "nm", 2, m, 250.0, window=(70.0, 140.0)))

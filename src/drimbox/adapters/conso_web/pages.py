@@ -7,9 +7,12 @@ from __future__ import annotations
 import html
 import logging
 import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -25,16 +28,37 @@ from starlette.routing import Route
 
 from drimbox.adapters.audit.recorder import AccessRecorder, patient_ins, professional
 from drimbox.adapters.conso_web.auth import SessionAuth
-from drimbox.adapters.conso_web.contextual import ContextualCalls, identity_banner, read_form
+from drimbox.adapters.conso_web.contextual import (
+    ContextualCall,
+    ContextualCalls,
+    identity_banner,
+    read_form,
+)
 from drimbox.adapters.conso_web.proxy import ConsoProxy
 from drimbox.adapters.dicomweb.errors import HttpProblem
 from drimbox.adapters.documents.report_html import report_html, report_pdf
 from drimbox.adapters.export.dicomdir_zip import write_exam_zip
 from drimbox.adapters.export.localize import LocalIdentity, localize_bytes
+from drimbox.adapters.viewer.ohif import COMPARE_PROTOCOL
 from drimbox.adapters.xds.client import RegistryRejected
 from drimbox.domain.audit import Action, Outcome
 from drimbox.domain.errors import DrimboxError, InvalidInput, NotFound
 from drimbox.domain.identifiers import INS_OIDS, Ins
+from drimbox.domain.timeline import (
+    NOT_IMAGING,
+    SimilarExam,
+    TimelineFilter,
+    filter_exams,
+    french_day,
+    imaging_kinds,
+    modality_label,
+    newest_first,
+    parse_day,
+    parse_study_date,
+    region_label,
+    region_parts,
+    similar_recent,
+)
 from drimbox.services.conso.history import Exam, HistoryService, IndexReader
 from drimbox.services.conso.importer import Importer
 from drimbox.services.conso.sessions import Session
@@ -45,21 +69,42 @@ audit = logging.getLogger("drimbox.audit")
 DEFAULT_INS_OID = "1.2.250.1.213.1.4.10"  # test INS; production NIR 1.2.250.1.213.1.4.8
 
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b}
-table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ddd;padding:.4rem;
-text-align:left;vertical-align:top}th{background:#f3f4f6}.muted{color:#666;font-size:.85em}
-.problem{color:#a40000}a.button,button{padding:.25rem .6rem;margin:.1rem}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1b1b1b;
+background:#f6f7f9}main{max-width:1280px;margin:0 auto;padding:1.2rem 1.5rem}
+h1{font-size:1.45rem;margin:.2rem 0 .8rem;color:#000091}
+.banner{background:#fff;border-left:4px solid #000091;padding:.6rem .9rem;margin:0 0 1rem}
+table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #dfe2e8}
+th,td{border-bottom:1px solid #e4e6eb;padding:.45rem .5rem;text-align:left;vertical-align:top}
+th{background:#eef0f5;font-size:.85rem}tbody tr:hover td{background:#fafbff}
+.muted{color:#5f6368;font-size:.85em}.problem{color:#a40000}
+a.button,button{display:inline-block;padding:.22rem .6rem;margin:.1rem;border:1px solid #000091;
+border-radius:4px;background:#fff;color:#000091;text-decoration:none;font:inherit;
+font-size:.85rem;cursor:pointer}a.primary,button.primary{background:#000091;color:#fff}
+.badge{display:inline-block;padding:0 .35rem;border-radius:3px;background:#e3e3fd;
+color:#000091;font-weight:600;font-size:.8rem}
+form.filters{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:flex-end;background:#fff;
+border:1px solid #dfe2e8;border-radius:6px;padding:.7rem .9rem;margin:0 0 1rem}
+form.filters label{display:flex;flex-direction:column;font-size:.8rem;color:#3a3a3a}
+form.filters select,form.filters input{font:inherit;padding:.2rem}
+.alert{background:#fff4e5;border:1px solid #f3b25b;border-left:5px solid #e07b00;
+border-radius:4px;padding:.5rem .9rem;margin:0 0 1rem}.alert p{margin:.25rem 0}
+.note{background:#eef4ff;border-left:4px solid #6a6af4;padding:.4rem .8rem;margin:0 0 1rem}
+.count{margin:.4rem 0;color:#3a3a3a}.actions form{display:flex;gap:.2rem;margin-top:.25rem}
+.actions input[name=ipp],.actions input[name=ipp_issuer]{font:inherit;font-size:.85rem}
+details{display:inline-block;font-size:.85rem}summary{cursor:pointer;color:#000091;
+padding:.22rem .4rem}details ul{margin:.3rem 0;padding-left:1.1rem}
 """
 
 
-def _page(title: str, body: str) -> HTMLResponse:
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(
         f'<!doctype html><html lang="fr"><head><meta charset="utf-8"><title>{html.escape(title)}'
-        f"</title><style>{_STYLE}</style></head><body>{body}</body></html>"
+        f"</title><style>{_STYLE}</style></head><body><main>{body}</main></body></html>",
+        status_code=status,
     )
 
 
-def _exam_json(exam: Exam, viewer: str) -> dict[str, Any]:
+def _exam_json(exam: Exam, viewer: str, reports: str = "/conso/reports") -> dict[str, Any]:
     return {
         "study_uid": exam.study_uid, "date": exam.date.isoformat() if exam.date else None,
         "description": exam.description, "modalities": list(exam.modalities),
@@ -67,10 +112,179 @@ def _exam_json(exam: Exam, viewer: str) -> dict[str, Any]:
         "instances": exam.instance_count, "accession": exam.accession,
         "kos_uid": exam.kos.unique_id if exam.kos else None,
         "report_uid": exam.report.unique_id if exam.report else None,
+        "report_url": (f"{reports}/{quote(exam.report.unique_id)}"
+                       if exam.report else None),
         "viewer_url": (f"{viewer}?StudyInstanceUIDs={exam.study_uid}"
                        if exam.instance_count else None),
         "problem": exam.problem or None,
     }  # fmt: skip
+
+
+def _warning_json(warning: SimilarExam[Exam]) -> dict[str, Any]:
+    exam = warning.exam
+    return {"study_uid": exam.study_uid, "date": exam.date.isoformat() if exam.date else None,
+            "modality": warning.modality, "regions": list(warning.regions),
+            "days_ago": warning.days_ago, "window_days": warning.window_days,
+            "message": warning.message}  # fmt: skip
+
+
+# -- the timeline's filters ------------------------------------------------------------------
+
+FORM_NAMES = ("modality", "region", "site", "from", "to")
+"""The filter form's query parameters (``from``/``to``: AAAA-MM-JJ, inclusive)."""
+CALL_NAMES = {"Modality": "modality", "AnatomicRegion": "region",
+              "StudyInstanceUID": "study_uid", "AccessionNumber": "accession"}  # fmt: skip
+"""The contextual call's filters (``contextual.OPTIONAL``, with ``StudyDate``, a DICOM date
+or range), accepted in the query too so that a calling software may link here directly."""
+
+
+def timeline_filter(
+    query: Mapping[str, str], call_filters: Mapping[str, str] | None = None
+) -> tuple[TimelineFilter, list[str]]:
+    """The filter a request asks for, and notes (French) on what of the call was ignored.
+
+    The contextual call's filters apply on landing only: once the request names any filter
+    (the form sends them all, empty ones too), the request alone decides, so the professional
+    can widen what the calling software narrowed. ``InvalidInput`` for a malformed date the
+    request gave; a malformed date from the calling software is ignored with a note (the
+    patient must still open)."""
+    own = any(n in query for n in (*FORM_NAMES, *CALL_NAMES, "StudyDate"))
+    from_call = bool(call_filters) and not own
+    source = call_filters if from_call and call_filters else query
+    fields: dict[str, Any] = {f: source[n].strip() for n, f in CALL_NAMES.items() if n in source}
+    notes: list[str] = []
+    if source.get("StudyDate", "").strip():
+        try:
+            fields["date_from"], fields["date_to"] = parse_study_date(source["StudyDate"])
+        except InvalidInput as exc:
+            if not from_call:
+                raise
+            notes.append(f"Date transmise par le logiciel appelant ignorée ({exc}).")
+    if not from_call:
+        fields.update({n: query[n].strip() for n in ("modality", "region", "site") if n in query})
+        for name, field, what in (("from", "date_from", "date de début"),
+                                  ("to", "date_to", "date de fin")):  # fmt: skip
+            if name in query:
+                text = query[name].strip()
+                fields[field] = parse_day(text, what) if text else None
+    return TimelineFilter(**fields), notes
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """A patient's history as one request asked to see it."""
+
+    exams: list[Exam]
+    """Everything the index holds for the patient, newest first."""
+    shown: list[Exam]
+    which: TimelineFilter
+    warnings: list[SimilarExam[Exam]]
+    notes: list[str]
+
+    @property
+    def message(self) -> str:
+        if not self.exams:
+            return "Aucun examen publié pour ce patient."
+        if not self.shown:
+            return "Aucun examen ne correspond aux filtres."
+        return ""
+
+
+def _options(values: list[tuple[str, str]], selected: str, everything: str) -> str:
+    """``<option>``s of (value, label), the selected value kept even when unknown here."""
+    known = dict(values)
+    if selected and selected not in known:
+        known[selected] = selected
+    out = [f'<option value="">{everything}</option>']
+    for value, label in known.items():
+        chosen = " selected" if value == selected else ""
+        out.append(f'<option value="{html.escape(value)}"{chosen}>{html.escape(label)}</option>')
+    return "".join(out)
+
+
+def _kind(exam: Exam) -> str:
+    codes = [m for m in exam.modalities if m not in NOT_IMAGING] or list(exam.modalities)
+    return " ".join(
+        f'<span class="badge" title="{html.escape(modality_label(m))}">{html.escape(m)}</span>'
+        for m in codes
+    )
+
+
+def _label(exam: Exam) -> str:
+    """ "06/05/2015 — scanner tête (site)": an exam named in a list."""
+    kinds = ", ".join(dict.fromkeys(map(modality_label, sorted(imaging_kinds(exam.modalities)))))
+    regions = ", ".join(dict.fromkeys(region_label(r) for r in exam.regions if r.strip()))
+    when = french_day(exam.date) if exam.date else "date inconnue"
+    site = f" ({exam.site})" if exam.site else ""
+    return f"{when} — {kinds or ', '.join(exam.modalities)} {regions}".rstrip() + site
+
+
+MAX_PRIORS = 12
+
+
+def _comparable(exam: Exam, exams: list[Exam]) -> list[Exam]:
+    """Other exams with images to compare ``exam`` with: same kind of imaging or same region
+    first (the priors a radiologist looks for), then the others, newest first."""
+    kinds, parts = imaging_kinds(exam.modalities), _parts(exam)
+    others = [e for e in exams if e.instance_count and e.study_uid != exam.study_uid]
+    alike = [e for e in others if imaging_kinds(e.modalities) & kinds or _parts(e) & parts]
+    rest = [e for e in others if e not in alike]
+    return (alike + rest)[:MAX_PRIORS]
+
+
+def _parts(exam: Exam) -> frozenset[str]:
+    return frozenset().union(*(region_parts(r) for r in exam.regions))
+
+
+def _filter_form(timeline: Timeline, keep: dict[str, str]) -> str:
+    which, exams = timeline.which, timeline.exams
+    modalities = sorted({m for e in exams for m in e.modalities if m not in NOT_IMAGING})
+    regions = {r: region_label(r) for e in exams for r in e.regions if r.strip()}
+    sites = sorted({e.site for e in exams if e.site})
+    hidden = {**keep, "StudyInstanceUID": which.study_uid, "AccessionNumber": which.accession}
+    fields = "".join(f'<input type="hidden" name="{k}" value="{html.escape(v)}">'
+                     for k, v in hidden.items() if v)  # fmt: skip
+    asked = []
+    if which.study_uid or which.accession:  # a calling software asked for one exam
+        asked.append("Examen demandé par le logiciel appelant uniquement.")
+    clear = html.escape("?" + urlencode({**keep, "modality": ""}))
+    modality_options = [(m, f"{m} — {modality_label(m)}") for m in modalities]
+    region_options = sorted(regions.items(), key=lambda kv: kv[1])
+    start = which.date_from.isoformat() if which.date_from else ""
+    end = which.date_to.isoformat() if which.date_to else ""
+    return (
+        f'<form class="filters" method="get">{fields}'
+        f"<label>Modalité<select name='modality'>"
+        f"{_options(modality_options, which.modality, 'Toutes')}"
+        f"</select></label><label>Région<select name='region'>"
+        f"{_options(region_options, which.region, 'Toutes')}"
+        f"</select></label><label>Site<select name='site'>"
+        f"{_options([(s, s) for s in sites], which.site, 'Tous')}</select></label>"
+        f"<label>Du<input type='date' name='from' value='{start}'></label>"
+        f"<label>Au<input type='date' name='to' value='{end}'></label>"
+        f"<button class='primary'>Filtrer</button>"
+        f"<a class='button' href='{clear}'>Effacer les filtres</a>"
+        + "".join(f"<span class='muted'>{a}</span>" for a in asked)
+        + "</form>"
+    )
+
+
+def _warnings_html(timeline: Timeline) -> str:
+    if not timeline.warnings:
+        return ""
+    shown = {e.study_uid for e in timeline.shown}
+    items = []
+    for warning in timeline.warnings:
+        text = html.escape(warning.message)
+        uid = warning.exam.study_uid
+        if uid in shown:
+            text += f' — <a href="#examen-{html.escape(uid)}">voir dans la liste</a>'
+        items.append(f"<p>⚠ {text}</p>")
+    return (
+        '<div class="alert" role="alert"><strong>Attention, examen redondant possible</strong>'
+        + "".join(items)
+        + "</div>"
+    )
 
 
 class ConsoPages:
@@ -92,8 +306,11 @@ class ConsoPages:
         self.login_url = ""  # set when an OpenID provider is configured
         self.recorder: AccessRecorder | None = None
         self.contextual: ContextualCalls | None = None
+        self.today: Callable[[], date] = date.today  # "recent" is counted from this day
+        self.prefix = "/conso"
 
     def routes(self, prefix: str = "/conso") -> list[Route]:
+        self.prefix = prefix
         return [
             *self.auth.routes(prefix + "/api"),
             Route(prefix + "/", self.home, methods=["GET"]),
@@ -150,11 +367,35 @@ class ConsoPages:
                      emergency_reason=emergency_reason)  # fmt: skip
         return session, exams
 
+    async def _timeline(
+        self, request: Request, ins: str, oid: str, which: TimelineFilter, notes: list[str]
+    ) -> Timeline:
+        """The history filtered, with the similar recent exams (looked for over the whole
+        history: a date or site filter must not hide a recent exam)."""
+        _, exams = await self._history(request, ins, oid)
+        exams = newest_first(exams)
+        warnings = similar_recent(exams, self.today(), which.modality, which.region)
+        return Timeline(exams, filter_exams(exams, which), which, warnings, notes)
+
     async def api_history(self, request: Request) -> Response:
         ins = request.query_params.get("ins", "")
         oid = request.query_params.get("oid", DEFAULT_INS_OID)
-        _, exams = await self._history(request, ins, oid)
-        return JSONResponse({"exams": [_exam_json(e, self.viewer_url) for e in exams]})
+        try:
+            which, notes = timeline_filter(request.query_params)
+        except InvalidInput as exc:
+            raise HttpProblem(400, f"filtre invalide : {exc}") from None
+        timeline = await self._timeline(request, ins, oid, which, notes)
+        return JSONResponse({
+            "exams": [_exam_json(e, self.viewer_url, f"{self.prefix}/reports")
+                      for e in timeline.shown],
+            "total": len(timeline.exams),
+            "filters": {"modality": which.modality, "region": which.region, "site": which.site,
+                        "from": which.date_from.isoformat() if which.date_from else None,
+                        "to": which.date_to.isoformat() if which.date_to else None,
+                        "study_uid": which.study_uid, "accession": which.accession},
+            "warnings": [_warning_json(w) for w in timeline.warnings],
+            "message": timeline.message or None,
+        })  # fmt: skip
 
     async def home(self, request: Request) -> Response:
         body = (
@@ -191,59 +432,98 @@ class ConsoPages:
         if oid not in INS_OIDS:
             raise HttpProblem(400, "OID d'INS inconnu")
         call = None
-        if self.contextual is not None and request.query_params.get("ctx"):
-            call = self.contextual.get(request.query_params["ctx"])
+        ctx = request.query_params.get("ctx", "")
+        if self.contextual is not None and ctx:
+            call = self.contextual.get(ctx)
             if call is not None and call.ins.value != ins:
                 call = None  # a context for another patient is never applied
-        _, exams = await self._history(request, ins, oid)
-        if call is not None:
-            exams = _filtered(exams, call.filters)
-        ipp = html.escape(call.local_id) if call else ""
-        issuer = html.escape(call.local_id_issuer) if call else ""
-        rows = []
-        for e in exams:
-            report = '<span class="muted">pas de compte rendu</span>'
-            if e.report:
-                report = f'<a href="../reports/{quote(e.report.unique_id)}">Compte rendu</a>'
-            if e.instance_count:
-                study = html.escape(e.study_uid)
-                actions = (
-                    f'<a class="button" href="{self.viewer_url}?StudyInstanceUIDs={study}">'
-                    f"Voir les images</a>"
-                    f'<label><input type="checkbox" name="compare" value="{study}">'
-                    f" comparer</label>"
-                    f'<a class="button" href="../api/exams/{study}/zip">Télécharger (ZIP)</a>'
-                    f'<form method="post" action="../api/exams/{study}/import">'
-                    f'<input name="ipp" placeholder="IPP local" required size="10"'
-                    f' value="{ipp}">'
-                    f'<input name="ipp_issuer" placeholder="émetteur" size="10"'
-                    f' value="{issuer}">'
-                    f"<button>Importer dans le PACS</button></form>"
-                )
-            else:
-                actions = f'<span class="problem">{html.escape(e.problem)}</span>'
-            rows.append(
-                f"<tr><td>{e.date.strftime('%d/%m/%Y') if e.date else ''}</td>"
-                f"<td>{html.escape(', '.join(e.modalities))}</td>"
-                f"<td>{html.escape(', '.join(e.regions))}</td><td>{html.escape(e.site)}</td>"
-                f"<td>{html.escape(e.description)}<div class='muted'>{e.series_count} série(s),"
-                f" {e.instance_count} image(s)</div></td><td>{report}</td><td>{actions}</td></tr>"
-            )
+        try:
+            which, notes = timeline_filter(request.query_params, call.filters if call else None)
+        except InvalidInput as exc:
+            back = f"?{urlencode({'oid': oid, 'ctx': ctx} if call else {'oid': oid})}"
+            return _page("Filtre invalide", f"<h1>Historique d'imagerie</h1><p class='problem'>"
+                         f"Filtre invalide : {html.escape(str(exc))}</p><p><a class='button' "
+                         f"href='{html.escape(back)}'>Revenir à l'historique</a></p>",
+                         status=400)  # fmt: skip
+        timeline = await self._timeline(request, ins, oid, which, notes)
+        keep = {"oid": oid, **({"ctx": ctx} if call else {})}
+        banner = identity_banner(call) if call else (
+            f"<div class='banner'>Patient INS {html.escape(ins)}</div>")  # fmt: skip
+        shown = timeline.shown
+        count = (f"{len(shown)} examen(s) sur {len(timeline.exams)}" if timeline.which.active
+                 else f"{len(shown)} examen(s)")  # fmt: skip
+        table = (
+            "<table><thead><tr><th>Date</th><th>Modalité</th><th>Région</th><th>Site</th>"
+            "<th>Examen</th><th>Compte rendu</th><th>Actions</th></tr></thead><tbody>"
+            + ("".join(self._row(e, timeline, call) for e in shown)
+               or f"<tr><td colspan=7>{html.escape(timeline.message)}</td></tr>")
+            + "</tbody></table>"
+        )  # fmt: skip
         compare = (
-            "<script>function comparer(){const u=[...document.querySelectorAll("
-            "'input[name=compare]:checked')].map(c=>c.value);if(u.length)location.href="
-            f"'{self.viewer_url}?StudyInstanceUIDs='+u.join(',')}}</script>"
-            '<button onclick="comparer()">Comparer les examens cochés</button>'
-        )
-        banner = identity_banner(call) if call else f"<p>Patient INS {html.escape(ins)}</p>"
+            f'<form id="comparer" method="get" action="{self.viewer_url}">'
+            f'<input type="hidden" name="hangingProtocolId" value="{COMPARE_PROTOCOL}">'
+            "<button>Comparer les examens cochés</button></form>"
+            if any(e.instance_count for e in shown) else ""
+        )  # fmt: skip
         body = (
             f"<h1>Historique d'imagerie</h1>{banner}"
-            "<table><tr><th>Date</th><th>Modalité</th><th>Région</th><th>Site</th>"
-            "<th>Examen</th><th>Compte rendu</th><th>Actions</th></tr>"
-            + ("".join(rows) or "<tr><td colspan=7>Aucun examen publié.</td></tr>")
-            + f"</table>{compare if exams else ''}"
+            + _filter_form(timeline, keep)
+            + "".join(f"<p class='note'>{html.escape(n)}</p>" for n in timeline.notes)
+            + _warnings_html(timeline)
+            + f"<p class='count'>{count}</p>{table}{compare}"
         )
         return _page("Historique d'imagerie", body)
+
+    def _viewer(self, *studies: str) -> str:
+        url = f"{self.viewer_url}?StudyInstanceUIDs={quote(','.join(studies), safe=',')}"
+        if len(studies) > 1:  # OHIF lays two studies side by side only with this protocol
+            url += f"&hangingProtocolId={quote(COMPARE_PROTOCOL, safe='@/')}"
+        return url
+
+    def _row(self, exam: Exam, timeline: Timeline, call: ContextualCall | None) -> str:
+        report = '<span class="muted">pas de compte rendu</span>'
+        if exam.report:
+            report = f'<a href="../reports/{quote(exam.report.unique_id)}">Compte rendu</a>'
+        if exam.instance_count:
+            actions = self._actions(exam, timeline, call)
+        else:
+            actions = f'<span class="problem">{html.escape(exam.problem)}</span>'
+        regions = ", ".join(dict.fromkeys(region_label(r) for r in exam.regions if r.strip()))
+        accession = (f" — n° d'examen {html.escape(exam.accession)}"
+                     if exam.accession else "")  # fmt: skip
+        return (
+            f'<tr id="examen-{html.escape(exam.study_uid)}">'
+            f"<td>{french_day(exam.date) if exam.date else '—'}</td><td>{_kind(exam)}</td>"
+            f"<td>{html.escape(regions) or '—'}</td><td>{html.escape(exam.site) or '—'}</td>"
+            f"<td>{html.escape(exam.description)}<div class='muted'>{exam.series_count} série(s),"
+            f" {exam.instance_count} image(s){accession}</div></td><td>{report}</td>"
+            f"<td class='actions'>{actions}</td></tr>"
+        )
+
+    def _actions(self, exam: Exam, timeline: Timeline, call: ContextualCall | None) -> str:
+        study = html.escape(exam.study_uid)
+        ipp = html.escape(call.local_id) if call else ""
+        issuer = html.escape(call.local_id_issuer) if call else ""
+        priors = _comparable(exam, timeline.exams)
+        compare = ""
+        if priors:
+            links = "".join(
+                f'<li><a href="{html.escape(self._viewer(exam.study_uid, p.study_uid))}">'
+                f"{html.escape(_label(p))}</a></li>"
+                for p in priors
+            )
+            compare = f"<details><summary>Comparer avec…</summary><ul>{links}</ul></details>"
+        return (
+            f'<a class="button primary" href="{html.escape(self._viewer(exam.study_uid))}">'
+            f"Voir</a>{compare}"
+            f'<a class="button" href="../api/exams/{study}/zip">Télécharger</a>'
+            f'<label class="muted"><input type="checkbox" form="comparer"'
+            f' name="StudyInstanceUIDs" value="{study}"> sélectionner</label>'
+            f'<form method="post" action="../api/exams/{study}/import">'
+            f'<input name="ipp" placeholder="IPP local" required size="10" value="{ipp}">'
+            f'<input name="ipp_issuer" placeholder="émetteur" size="10" value="{issuer}">'
+            "<button>Importer dans mon PACS</button></form>"
+        )
 
     # -- reports --------------------------------------------------------------------------
 
@@ -366,14 +646,3 @@ class ConsoPages:
 
 def _ins_of(manifest: Any) -> Ins | None:
     return patient_ins(manifest.patient.ins, manifest.patient.ins_oid)
-
-
-def _filtered(exams: list[Exam], filters: dict[str, str]) -> list[Exam]:
-    """The calling software's filters (contextual call): study, modality, accession."""
-    study = filters.get("StudyInstanceUID")
-    modality = filters.get("Modality")
-    accession = filters.get("AccessionNumber")
-    return [e for e in exams
-            if (not study or e.study_uid == study)
-            and (not modality or modality in e.modalities)
-            and (not accession or e.accession == accession)]  # fmt: skip

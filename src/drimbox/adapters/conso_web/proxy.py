@@ -1,6 +1,8 @@
 """The Conso's DICOMweb root for the local viewer (OHIF) and tools: every exam it serves was
 listed in the professional's session from the national index, and is fetched from its Source
-box (allowed bases only) with the professional's token and the manifest's UID.
+box (allowed bases only) with the professional's token and the manifest's UID. The patient's
+portal has a root of its own over the patients' sessions: a patient reaches the exams their
+own listing showed, fetched with their own token (the Source checks the exam is theirs).
 
 Searches are answered from the manifest. Metadata is the Source's (cached here), with its
 URLs rewritten to ours; asking for it starts pulling the series into this box's cache, so
@@ -24,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from drimbox.adapters.audit.patient import patient_actor
 from drimbox.adapters.audit.recorder import AccessRecorder, patient_ins, professional
 from drimbox.adapters.dicomweb.errors import HttpProblem
 from drimbox.adapters.dicomweb.fetch import DicomwebPacs
@@ -41,7 +44,7 @@ from drimbox.adapters.source_web.wado import (
     _qido,
 )
 from drimbox.adapters.storage.pacs_store import BULK_BASE
-from drimbox.domain.audit import Action
+from drimbox.domain.audit import Action, Actor
 from drimbox.domain.errors import NotFound
 from drimbox.domain.identifiers import is_valid_uid
 from drimbox.domain.manifest import ImagingManifest, ManifestSeries
@@ -96,15 +99,17 @@ class ConsoProxy:
         verify: ssl.SSLContext | bool = True,
         users_url: str = "",
         recorder: AccessRecorder | None = None,
+        metadata: MetadataCache | None = None,
     ) -> None:
         self.users_url = users_url.rstrip("/")
         self.recorder = recorder
-        self.sessions = sessions  # ``adapters.conso_web.auth.SessionAuth``
+        # ``adapters.conso_web.auth.SessionAuth``, or the patients' (``patient_auth``)
+        self.sessions = sessions
         self.book = book
         self.allowed = allowed
         self.images = images
         self.prefix = proxy_prefix.rstrip("/")
-        self.metadata = MetadataCache()
+        self.metadata = metadata or MetadataCache()
         # identity: a gzipped body would be passed on without its Content-Encoding
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False,
                                       headers={"Accept-Encoding": "identity"},
@@ -195,7 +200,7 @@ class ConsoProxy:
     def _audit(self, session: Session, manifest: ImagingManifest, what: str) -> None:
         if self.recorder is not None:
             self.recorder.record(
-                professional(session.subject, session.claims), Action.IMAGES_VIEW,
+                actor_of(session), Action.IMAGES_VIEW,
                 patient_ins(manifest.patient.ins, manifest.patient.ins_oid),
                 study_uid=manifest.study.study_uid, detail=what, once_per_window=True,
             )  # fmt: skip
@@ -348,10 +353,18 @@ class ConsoProxy:
         if status == 404:
             raise NotFound("the Source box no longer offers these images")
         if status == 401:
-            raise HttpProblem(401, "your Pro Santé Connect session has expired: log in again")
+            raise HttpProblem(401, "your session has expired: log in again")
         if status == 406:
             raise NotAcceptable("the Source box cannot provide that representation")
         raise HttpProblem(502, f"the Source box answered {status}")
+
+
+def actor_of(session: Session) -> Actor:
+    """Who the trail names for a session's access: the patient on their portal, else the
+    professional."""
+    if session.patient is not None:
+        return patient_actor(session.subject, session.claims)
+    return professional(session.subject, session.claims)
 
 
 async def _body(response: httpx.Response) -> AsyncIterator[bytes]:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -53,25 +54,42 @@ def send_files(
         batch = keys[start : start + 100]
         ae = AE(calling_aet)
         ae.requested_contexts = storage_contexts_for(batch)
-        while True:
-            assoc = ae.associate(host, port, ae_title=called_aet)
-            if assoc.is_established or time.monotonic() >= deadline:
+        ae.dimse_timeout = 120  # a busy PACS fsyncs; the default 30 s aborts on a loaded machine
+        pending = [p for k in batch for p in groups[k]]
+        retried = False
+        while pending:
+            assoc = _associate(ae, host, port, called_aet, deadline)
+            if assoc is None:
+                why = "association refused or peer unreachable"
+                report.failed.extend((p, why) for p in pending)
                 break
-            time.sleep(0.5)
-        if not assoc.is_established:
-            report.failed.extend(
-                (p, "association refused or peer unreachable") for k in batch for p in groups[k]
-            )
-            continue
-        try:
-            for key in batch:
-                for path in groups[key]:
-                    status = assoc.send_c_store(path)
+            try:
+                while pending and assoc.is_established:
+                    status = assoc.send_c_store(pending[0])
+                    if not assoc.is_established:
+                        break  # aborted under this one: it is sent again once, below
                     code = int(getattr(status, "Status", 0xFFFF))
                     if code in (0x0000, 0xB000, 0xB006, 0xB007):
                         report.sent += 1
                     else:
-                        report.failed.append((path, f"status 0x{code:04X}"))
-        finally:
-            assoc.release()
+                        report.failed.append((pending[0], f"status 0x{code:04X}"))
+                    pending.pop(0)
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+            if pending:
+                if retried:
+                    report.failed.extend((p, "the association was aborted") for p in pending)
+                    break
+                retried = True
     return report
+
+
+def _associate(ae: AE, host: str, port: int, called_aet: str, deadline: float) -> Any:
+    while True:
+        assoc = ae.associate(host, port, ae_title=called_aet)
+        if assoc.is_established:
+            return assoc
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.5)

@@ -228,3 +228,18 @@ class MllpServer:
         except Exception as exc:  # one bad frame must not end the connection
             log.exception("MLLP handler failed")
             return build_ack(None, exc)
+
+
+def send_message(host: str, port: int, message: bytes, timeout: float = 30.0) -> bytes:
+    """Send one message as a RIS does and return the ACK (unframed): for scripts and the demo;
+    a connection per message keeps it simple and a lost ACK visible."""
+    decoder = MllpDecoder(max_size=1 << 20)
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        conn.sendall(frame(message))
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                raise ConnectionError(f"MLLP peer {host}:{port} closed without an ACK")
+            frames = decoder.feed(data)
+            if frames:
+                return frames[0].data

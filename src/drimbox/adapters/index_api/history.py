@@ -18,8 +18,8 @@ def _kind(entry: DocumentEntry) -> str:
     return "other"
 
 
-def entry_json(entry: DocumentEntry) -> dict[str, Any]:
-    return {
+def entry_json(entry: DocumentEntry, with_hidden: bool = False) -> dict[str, Any]:
+    out = {
         "uniqueId": entry.unique_id,
         "entryUUID": entry.entry_uuid,
         "kind": _kind(entry),
@@ -29,11 +29,20 @@ def entry_json(entry: DocumentEntry) -> dict[str, Any]:
         "repositoryUniqueId": entry.repository_unique_id,
         "confidentiality": sorted(entry.confidentiality),
         "size": entry.size,
+        "eventCodes": [
+            {"code": c.code, "scheme": c.scheme, "display": c.display} for c in entry.event_codes
+        ],
     }
+    if with_hidden:
+        out["hiddenByPatient"] = entry.hidden_by_patient
+    return out
 
 
-def exams_json(entries: Sequence[DocumentEntry]) -> list[dict[str, Any]]:
-    """One exam per Study Instance UID (documents without one stand alone)."""
+def exams_json(entries: Sequence[DocumentEntry], with_hidden: bool = False) -> list[dict[str, Any]]:
+    """One exam per Study Instance UID (documents without one stand alone).
+
+    ``with_hidden`` (the patient reading their own record) says which documents they hid
+    from professionals, per document and per exam (any of its documents)."""
     exams: dict[str, dict[str, Any]] = {}
     for entry in entries:
         if _kind(entry) == "other":
@@ -48,7 +57,11 @@ def exams_json(entries: Sequence[DocumentEntry]) -> list[dict[str, Any]]:
         for code in entry.event_codes:
             if code.scheme == xds.MODALITY_SCHEME and code.code not in exam["modalities"]:
                 exam["modalities"].append(code.code)
-        exam["reports" if _kind(entry) == "report" else "manifests"].append(entry_json(entry))
+        exam["reports" if _kind(entry) == "report" else "manifests"].append(
+            entry_json(entry, with_hidden)
+        )
+        if with_hidden:
+            exam["hiddenByPatient"] = exam.get("hiddenByPatient", False) or entry.hidden_by_patient
     return sorted(exams.values(), key=lambda e: e["serviceStartTime"], reverse=True)
 
 

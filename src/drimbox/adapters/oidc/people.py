@@ -98,6 +98,8 @@ class Professional(_Model):
     specialty: str = Field(default="", pattern=r"^[A-Z0-9]{0,10}$")
     """TRE_R38 code (``SM44`` radiology); empty when none."""
     structure: Structure
+    password: str = Field(default="", max_length=200)
+    """When set, the login form asks for it (the demo's users); kept in clear: test people."""
 
     @field_validator("rpps")
     @classmethod
@@ -170,6 +172,7 @@ class Patient(_Model):
     gender: Literal["female", "male"]
     ins: str
     ins_oid: str = INS_OID_TEST
+    password: str = Field(default="", max_length=200)
 
     @model_validator(mode="after")
     def _v_ins(self) -> Patient:

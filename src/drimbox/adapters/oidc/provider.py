@@ -30,6 +30,7 @@ or asks for nothing the provider knows. Every claim is given whatever the scope.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import secrets
@@ -328,6 +329,15 @@ class OidcProvider:
         person = self.people.find(fields.get("person", ""))
         if person is None:
             return error_page("Connexion impossible", "Personne inconnue.")
+        if person.password and not hmac.compare_digest(
+            person.password.encode(), fields.get("password", "").encode()
+        ):
+            log.warning("wrong password for %s at %s", person.id, grant.client.get_client_id())
+            return error_page(
+                "Connexion impossible",
+                "Mot de passe incorrect : recommencez depuis l'application.",
+                status=401,
+            )
         requested = str(grant.request.payload.data.get("acr_values") or "").split()
         acr = next((value for value in requested if value in SUPPORTED_ACR), DEFAULT_ACR)
         login = Login(person, acr, int(self.store.clock()), new_session_id())

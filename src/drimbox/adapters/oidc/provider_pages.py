@@ -63,6 +63,12 @@ def login_page(client_id: str, people: People, action: str, ticket: str) -> HTML
         for p in people.patients
     )
     sections = ""
+    if any(p.password for p in people.everyone()):
+        sections += (
+            "<p><label>Mot de passe (si la personne en a un) : "
+            '<input type="password" name="password" autocomplete="current-password">'
+            "</label></p>"
+        )
     if professionals:
         sections += f"<h2>Professionnels</h2><ul>{professionals}</ul>"
     if patients:

@@ -4,8 +4,10 @@ en imagerie", IHE RAD-107, DICOM PS3.18).
 Every request but the health check carries the professional's Pro Santé Connect token
 (``Authorization: Bearer``, checked by introspection) and the manifest that grants access
 (``KOS-SOPInstanceUID``): only what that published manifest lists is reachable, whatever
-the PACS holds. Instances come from the box's cache, pulled from the PACS on a miss and
-streamed as they arrive; each is sent in the best transfer syntax the consumer accepts that
+the PACS holds. A patient's token (their portal fetching their own images) is accepted for a
+manifest of that patient only (the token's INS is the manifest's), and recorded as theirs.
+Instances come from the box's cache, pulled from the PACS on a miss and streamed as they
+arrive; each is sent in the best transfer syntax the consumer accepts that
 we can produce from it (per-part ``transfer-syntax``).
 """
 
@@ -26,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from drimbox.adapters.audit.patient import patient_actor
 from drimbox.adapters.audit.recorder import AccessRecorder, patient_ins, professional
 from drimbox.adapters.dicomweb import multipart as mp
 from drimbox.adapters.dicomweb.errors import HttpProblem
@@ -50,9 +53,9 @@ from drimbox.adapters.trust.introspection import (
     bearer_token,
 )
 from drimbox.adapters.trust.peer_tls import PeerPolicy, peer_of
-from drimbox.domain.audit import Action
+from drimbox.domain.audit import Action, Actor, Outcome
 from drimbox.domain.errors import InvalidInput, NotFound
-from drimbox.domain.identifiers import is_valid_uid
+from drimbox.domain.identifiers import Ins, is_valid_uid
 from drimbox.domain.manifest import ImagingManifest
 from drimbox.services.source.images import ImageProvider, Item
 from drimbox.services.source.published import PublishedContent, Selected
@@ -71,6 +74,23 @@ class TokenVerifier(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Caller:
+    """Whose token a request carries."""
+
+    who: str
+    """The professional's national id, or the patient's ``sub`` at their provider."""
+    patient: Ins | None = None
+    """A patient's own INS (their token): they reach their own exams only."""
+    claims: Any = None
+
+    def owns(self, manifest: ImagingManifest) -> bool:
+        """A professional may use any manifest; a patient only one naming them."""
+        own = self.patient
+        m = manifest.patient
+        return own is None or (m.ins == own.value and m.ins_oid == own.oid)
+
+
+@dataclass(frozen=True, slots=True)
 class Access:
     """A checked request: who asks, through which manifest, for what."""
 
@@ -78,6 +98,7 @@ class Access:
     kos_uid: str
     manifest: ImagingManifest
     selected: list[Selected]
+    caller: Caller | None = None
 
 
 class MetadataCache:
@@ -164,35 +185,70 @@ class SourceWado:
             value = params.get(key)
             if value is not None and not is_valid_uid(value):
                 raise HttpProblem(400, f"{key} UID {value[:80]!r} is not a valid DICOM UID")
-        who = await self._authenticate(request)
+        caller = await self._authenticate(request)
         kos_uid = _kos_uid(request)
         manifest, selected = self.content.select(
             kos_uid, params["study"], params.get("series"), params.get("instance")
         )
-        return Access(who, kos_uid, manifest, selected)
+        self._check_owner(caller, manifest, kos_uid, request)
+        return Access(caller.who, kos_uid, manifest, selected, caller)
 
-    async def _authenticate(self, request: Request) -> str:
+    async def _authenticate(self, request: Request) -> Caller:
         self.peers.check(request.scope)  # mTLS: a listed box, before anything else
+        # a verifier that knows patients' tokens says which kind it saw; else professionals
+        verify = getattr(self.verifier, "verify_identity", self.verifier.verify)
         try:
             token = bearer_token(request.headers.get("authorization"))
-            known = getattr(self.verifier, "known", None)
-            principal = known(token) if known is not None else None
+            known = getattr(self.verifier, "known_identity", None) or getattr(
+                self.verifier, "known", None
+            )
+            principal: Any = known(token) if known is not None else None
             if principal is None:
-                principal = await run_in_threadpool(self.verifier.verify, token)
+                principal = await run_in_threadpool(verify, token)
         except TokenRejected as exc:
             challenge = {"WWW-Authenticate": exc.www_authenticate()}
             raise HttpProblem(401, f"authentication failed: {exc}", challenge) from None
         except IntrospectionUnavailable as exc:
             log.error("token introspection unavailable: %s", exc)
             raise HttpProblem(503, "the identity provider cannot be reached") from None
-        return str(getattr(principal, "subject_name_id", "") or getattr(principal, "subject", ""))
+        if getattr(principal, "is_patient", False):
+            return Caller(str(principal.subject), principal.patient, principal.claims)
+        return Caller(
+            str(getattr(principal, "subject_name_id", "") or getattr(principal, "subject", ""))
+        )
+
+    def _check_owner(
+        self, caller: Caller, manifest: ImagingManifest, kos_uid: str, request: Request
+    ) -> None:
+        """A patient's token reaches that patient's manifests only; another patient's is
+        answered as if it did not exist, and the attempt is in that patient's trail."""
+        if caller.owns(manifest):
+            return
+        log.warning("patient %s refused manifest %s of another patient", caller.who,
+                    kos_uid[:80])  # fmt: skip
+        if self.recorder is not None:
+            m = manifest
+            self.recorder.record(
+                self._actor(caller, request), Action.IMAGES_RETRIEVE,
+                patient_ins(m.patient.ins, m.patient.ins_oid), study_uid=m.study.study_uid,
+                outcome=Outcome.REFUSED, detail="le jeton d'un autre patient", source=self.base,
+                client_ip=request.client.host if request.client else "",
+            )  # fmt: skip
+        raise NotFound(f"no published manifest {kos_uid[:80]} here")
+
+    @staticmethod
+    def _actor(caller: Caller, request: Request) -> Actor:
+        peer = peer_of(request.scope)
+        client = peer.common_name if peer else ""
+        if caller.patient is not None:
+            return patient_actor(caller.who, dict(caller.claims or {}), client_id=client)
+        return professional(caller.who, client_id=client)
 
     def _audit(self, access: Access, request: Request, what: str, count: int) -> None:
         if self.recorder is not None:
-            peer = peer_of(request.scope)
             m = access.manifest
             self.recorder.record(
-                professional(access.who, client_id=peer.common_name if peer else ""),
+                self._actor(access.caller or Caller(access.who), request),
                 Action.IMAGES_RETRIEVE, patient_ins(m.patient.ins, m.patient.ins_oid),
                 study_uid=m.study.study_uid, source=self.base,
                 client_ip=request.client.host if request.client else "", once_per_window=True,
@@ -328,12 +384,14 @@ class SourceWado:
             value = request.path_params.get(key)
             if value is not None and not is_valid_uid(value):
                 raise HttpProblem(400, f"{key} UID {value[:80]!r} is not a valid DICOM UID")
-        who = await self._authenticate(request)
-        manifest = self.content.manifest(_kos_uid(request))
+        caller = await self._authenticate(request)
+        kos_uid = _kos_uid(request)
+        manifest = self.content.manifest(kos_uid)
+        self._check_owner(caller, manifest, kos_uid, request)
         study = request.path_params.get("study")
         if study is not None and study != manifest.study.study_uid:
             raise NotFound("the study is not the one of this manifest")
-        return who, manifest
+        return caller.who, manifest
 
     async def search_studies(self, request: Request) -> Response:
         _, manifest = await self._manifest(request)

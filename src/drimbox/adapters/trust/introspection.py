@@ -16,6 +16,12 @@ Outcomes:
 Positive answers are cached (keyed by the token's SHA-256, never the token itself) for at
 most ``cache_seconds`` and never past the token's ``exp``; a token revoked at PSC may thus
 still be accepted for up to ``cache_seconds``. Negative answers are never cached.
+
+Patients: a token of the patients' provider carries the patient's INS (``ins``, ``ins_oid``)
+and no professional identifier. :meth:`TokenIntrospector.verify` refuses it as before (a
+patient must never pass for a professional); only :meth:`TokenIntrospector.verify_identity`,
+called where a patient may act on their own record, returns it, as a principal whose
+``is_patient`` is true and whose INS has been checked.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from drimbox.domain.errors import DrimboxError, PeerUnavailable
+from drimbox.domain.errors import DrimboxError, InvalidIdentifier, PeerUnavailable
+from drimbox.domain.identifiers import Ins
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +78,8 @@ class IntrospectionUnavailable(PeerUnavailable):
 
 @dataclass(frozen=True)
 class Principal:
-    """The professional behind an active PSC access token."""
+    """The professional (or, from :meth:`TokenIntrospector.verify_identity` only, the patient)
+    behind an active access token."""
 
     subject: str  # ``sub``: PSC's internal account id
     subject_name_id: str  # ``SubjectNameID``: national professional id (RPPS/ADELI based)
@@ -80,6 +88,17 @@ class Principal:
     acr: str  # authentication level, ``eidas1`` for PSC's substantial level
     expires_at: float  # ``exp``, seconds since the epoch
     claims: Mapping[str, Any]  # the whole introspection answer, read-only
+    ins: str = ""  # a patient's token: their INS (checked key), empty for a professional
+    ins_oid: str = ""
+
+    @property
+    def is_patient(self) -> bool:
+        return bool(self.ins)
+
+    @property
+    def patient(self) -> Ins | None:
+        """The patient's own INS, for a patient's token."""
+        return Ins(self.ins, self.ins_oid) if self.ins else None
 
 
 def bearer_token(authorization_header: str | None) -> str:
@@ -185,8 +204,13 @@ class TokenIntrospector:
             self._cache.clear()
 
     def verify(self, token: str) -> Principal:
-        """The principal of an active ``token``; raises :class:`TokenRejected` or
-        :class:`IntrospectionUnavailable`."""
+        """The professional of an active ``token``; raises :class:`TokenRejected` (a
+        patient's token included) or :class:`IntrospectionUnavailable`."""
+        return _professional(self.verify_identity(token))
+
+    def verify_identity(self, token: str) -> Principal:
+        """The professional or the patient of an active ``token``: for the places where a
+        patient acts on their own record, and only there (check ``is_patient``)."""
         _check_syntax(token)
         key = _digest(token)
         cached = self._cached(key)
@@ -202,8 +226,13 @@ class TokenIntrospector:
         return principal
 
     def known(self, token: str) -> Principal | None:
-        """The principal of a token verified recently (cached), without any network call:
+        """The professional of a token verified recently (cached), without any network call:
         lets an event loop skip a thread hop on the common path."""
+        found = self.known_identity(token)
+        return found if found is not None and not found.is_patient else None
+
+    def known_identity(self, token: str) -> Principal | None:
+        """As :meth:`known`, a patient's token included."""
         try:
             _check_syntax(token)
         except TokenRejected:
@@ -317,10 +346,12 @@ class TokenIntrospector:
         if typ and typ.lower() != "bearer":
             raise TokenRejected("not an access token")
         subject_name_id = _text(claims, "SubjectNameID") or _text(claims, "preferred_username")
-        if not subject_name_id:
-            raise TokenRejected("token has no professional identifier")
         acr = _text(claims, "acr")
-        if self.required_acr is not None and acr != self.required_acr:
+        patient = None if subject_name_id else _patient(claims)
+        if not subject_name_id and patient is None:
+            raise TokenRejected("token has no professional identifier")
+        # the required level is Pro Santé Connect's; the patients' provider has its own
+        if patient is None and self.required_acr is not None and acr != self.required_acr:
             raise TokenRejected(
                 "insufficient authentication level", error="insufficient_user_authentication"
             )
@@ -332,4 +363,23 @@ class TokenIntrospector:
             acr=acr,
             expires_at=exp,
             claims=MappingProxyType(dict(claims)),
+            ins=patient.value if patient else "",
+            ins_oid=patient.oid if patient else "",
         )
+
+
+def _patient(claims: Mapping[str, Any]) -> Ins | None:
+    """The INS of a patient's token (``ins``, ``ins_oid``), None when it names none."""
+    value = _text(claims, "ins")
+    if not value:
+        return None
+    try:
+        return Ins.parse(value, _text(claims, "ins_oid"))
+    except InvalidIdentifier:
+        raise TokenRejected("token has an invalid ins") from None
+
+
+def _professional(principal: Principal) -> Principal:
+    if principal.is_patient:
+        raise TokenRejected("token has no professional identifier")
+    return principal

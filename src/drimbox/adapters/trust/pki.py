@@ -12,6 +12,7 @@ identifier (FINESS/SIRET-like), CN = host or name.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import uuid
 from collections.abc import Sequence
@@ -163,10 +164,18 @@ def issue(
         .add_extension(x509.ExtendedKeyUsage(_EKUS[kind]), critical=False)
     )
     if dns:
-        names = [x509.DNSName(d) for d in dns]
+        names = [_alt_name(d) for d in dns]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     certificate = builder.sign(ca.intermediate_key, hashes.SHA256())
     return Issued(certificate, key, (certificate, ca.intermediate, ca.root))
+
+
+def _alt_name(name: str) -> x509.GeneralName:
+    """An IP literal goes in an IP SAN: TLS clients never match an address against DNS names."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 # a box is both TLS server and client of its peers, as IGC-Santé server certificates allow;

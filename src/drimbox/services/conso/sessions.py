@@ -1,6 +1,9 @@
-"""A professional's session on the Conso: who they are, the Pro Santé Connect token the box
-forwards to Source boxes on their behalf, and the exams they reached through a patient's
-history (the only ones the viewer proxy will fetch for them)."""
+"""A session on the Conso: who it is (a professional, or a patient on their portal), the
+access token the box forwards to the index and to Source boxes on their behalf, and the exams
+they reached through a patient's history (the only ones the viewer proxy will fetch for
+them). A new listing of a patient's history replaces what the previous one granted for that
+patient: an exam the index no longer shows (hidden by the patient, depublished) is no longer
+reachable from the session."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from drimbox.domain.identifiers import Ins
 
 
 @dataclass
@@ -26,6 +31,12 @@ class Session:
     """Report uniqueId -> (repositoryUniqueId, patient INS, its OID), for reports listed."""
     claims: dict[str, Any] = field(default_factory=dict)
     """What the identity provider says of the professional (profession, structure...)."""
+    patient: Ins | None = None
+    """A patient's session: their own INS, from their provider's claims (never a request)."""
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    """The token the session's forms carry (cross-site request forgery)."""
+    exam_patients: dict[str, str] = field(default_factory=dict)
+    """Study Instance UID -> the patient (INS) whose listing granted it."""
 
 
 class SessionStore:
@@ -71,5 +82,13 @@ class SessionStore:
     ) -> None:
         with self._lock:
             session.patients.add(patient)
+            for study in [s for s, p in session.exam_patients.items()
+                          if p == patient and s not in exams]:  # fmt: skip
+                session.exams.pop(study, None)
+                del session.exam_patients[study]
+            for uid in [u for u, d in session.documents.items()
+                        if d[1] == patient and u not in documents]:  # fmt: skip
+                del session.documents[uid]
             session.exams.update(exams)
+            session.exam_patients.update(dict.fromkeys(exams, patient))
             session.documents.update(documents)

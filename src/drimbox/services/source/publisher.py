@@ -67,6 +67,8 @@ class SourcePolicy:
     """After this many seconds without images, the message is held: the images never came."""
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
+    institution_name: str = ""
+    """The site's name, put in every KOS: the other sites' histories show where an exam was done."""
     concurrency: int = 4
     """Patients handled at once per stage (each patient's messages stay in order): the work
     is mostly waiting for the PACS and the index."""
@@ -203,6 +205,7 @@ class Preparer:
             request=_request(report), accession_oid=report.accession.issuer_oid,
             created=self.clock(),
         )  # fmt: skip
+        manifest = replace(manifest, institution_name=self.policy.institution_name)
         manifest = replace(manifest, description=self.codec.describe(manifest))
         prev = self.outbox.publication(report.study_uid)
         self._queue_publication(entry, report, manifest, prev, entry.raw)
