@@ -60,12 +60,14 @@ def key_type(request: pytest.FixtureRequest) -> pki.KeyType:
 
 @pytest.fixture(scope="module")
 def ca(key_type: pki.KeyType) -> pki.DevCA:
-    return pki.create_ca(key_type)[0]
+    # valid from before SIGNED_AT, which is taken at import: a long run creates these later
+    return pki.create_ca(key_type, now=SIGNED_AT - timedelta(hours=1))[0]
 
 
 @pytest.fixture(scope="module")
 def signer(ca: pki.DevCA, key_type: pki.KeyType) -> pki.Issued:
-    return pki.issue(ca, "DRIMbox source dev", kind="signing", key_type=key_type)
+    return pki.issue(ca, "DRIMbox source dev", kind="signing", key_type=key_type,
+                     not_before=SIGNED_AT - timedelta(hours=1))  # fmt: skip
 
 
 class Sign(Protocol):

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -34,6 +35,7 @@ from drimbox.adapters.documents.manifest_codec import KosCodec
 from drimbox.adapters.hl7.listener import serve_mllp
 from drimbox.adapters.hl7.mllp import MllpServer
 from drimbox.adapters.hl7.parse import parse_message
+from drimbox.adapters.http_limits import BodyLimit
 from drimbox.adapters.pacs_fetch import CGetFetcher, DicomwebFetcher
 from drimbox.adapters.source_web.wado import SourceWado, TokenVerifier
 from drimbox.adapters.trust.introspection import IntrospectionUnavailable, TokenIntrospector
@@ -377,8 +379,10 @@ def create_app(box: SourceBox) -> Starlette:
         return JSONResponse({"status": "ok", "messages": box.inbox.counts(),
                              "operations": box.outbox.counts()})  # fmt: skip
 
+    # forms and JSON only on this port: a larger body gets 413 before anything reads it
     return Starlette(routes=[Route("/health", health), *box.routes],
-                     exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]  # fmt: skip
+                     exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+                     middleware=[Middleware(BodyLimit)])  # fmt: skip
 
 
 def run_box(settings: BoxSettings) -> int:

@@ -379,15 +379,32 @@ def _send_reports(net: Network, site: DemoSite, synth: Path, manifest: dict[str,
     return len(messages)
 
 
+def _admin_status(
+    http: httpx.Client, net: Network, site: DemoSite, headers: dict[str, str]
+) -> dict[str, Any]:
+    r = http.get(f"{net.url(site.ports.users)}/api/admin/status", headers=headers)
+    if r.status_code != 200:
+        raise DemoError(f"site {site.id}: the admin API answered {r.status_code}: {r.text[:300]}")
+    return dict(r.json())
+
+
 def _wait_published(net: Network, procs: Processes, timeout: float) -> dict[str, Any]:
     """Until every box has published what it was sent (or held it, with a reason)."""
+    from drimbox.entrypoints.dev_token import dev_token
+
+    # as each site's admin, its radiologist: the admin API answers them from any address
+    # (with --host a LAN name, we are not a loopback client)
+    idp = {"idp": {"issuer": net.issuer}}
+    auth = {
+        s.id: {
+            "Authorization": "Bearer " + dev_token(idp, net.secrets, f"radiologue-{s.id}", PASSWORD)
+        }
+        for s in net.sites
+    }
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=10) as http:
         while True:
-            status = {
-                s.id: http.get(f"{net.url(s.ports.users)}/api/admin/status").json()
-                for s in net.sites
-            }
+            status = {s.id: _admin_status(http, net, s, auth[s.id]) for s in net.sites}
             waiting = sum(
                 st["messages"].get("pending", 0) + st["operations"].get("pending", 0)
                 for st in status.values()

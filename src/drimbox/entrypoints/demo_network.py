@@ -304,6 +304,8 @@ def box_config(net: Network, site: DemoSite, ohif_dir: Path | None) -> Path:
             "index_url": net.index_url,
             "prefetch": False,
             "images_retry": 1.0,
+            # the site's radiologist runs its box: the admin page from any machine, with a token
+            "admin_national_ids": ["8" + site.radiologist["rpps"]],
             "signing_key": pki / f"signer-{site.id}.key",
             "signing_chain": pki / f"signer-{site.id}-fullchain.pem",
             "pacs": {

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from drimbox.adapters.http_limits import limited_protocol
 from drimbox.adapters.index_api.routes import IndexApi
 from drimbox.adapters.storage.index_db import IndexDb, make_engine, open_index_db
 from drimbox.adapters.trust.chain import load_trust_anchors
@@ -100,7 +101,7 @@ def _serve(settings: IndexSettings, sock: socket.socket | None) -> None:
         log_level="warning",
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        http=limited_protocol(),  # slow and greedy clients bounded (adapters/http_limits)
         **index_tls_options(settings),
     )
     try:

@@ -13,6 +13,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -22,8 +23,9 @@ from drimbox.adapters.cache.instance_cache import InstanceCache
 from drimbox.adapters.dicomweb.errors import EXCEPTION_HANDLERS
 from drimbox.adapters.documents.manifest_codec import KosCodec
 from drimbox.adapters.hl7.parse import parse_message
+from drimbox.adapters.http_limits import BodyLimit, limited_protocol
 from drimbox.adapters.source_web.wado import SourceWado
-from drimbox.adapters.trust.peer_tls import PeerPolicy, TlsHttpToolsProtocol
+from drimbox.adapters.trust.peer_tls import PeerPolicy
 from drimbox.entrypoints.workers import WorkerPool
 from drimbox.log import configure_logging
 from drimbox.services.source.images import ImageProvider
@@ -49,7 +51,8 @@ def source_app(settings: BoxSettings, outbox: Outbox, images: ImageProvider) -> 
         return JSONResponse({"status": "ok", "pid": os.getpid()})
 
     return Starlette(routes=[Route("/health", health), *wado.routes("/dicomweb")],
-                     exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]  # fmt: skip
+                     exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+                     middleware=[Middleware(BodyLimit)])  # fmt: skip
 
 
 def _source_worker(settings_json: str, number: int, parent_pid: int) -> None:
@@ -75,16 +78,17 @@ def _source_worker(settings_json: str, number: int, parent_pid: int) -> None:
 
 def tls_options(settings: BoxSettings, client_certs: bool = True) -> dict[str, Any]:
     """uvicorn options: mutual TLS on the Source port (the caller's certificate reaches the
-    application), server TLS only on the users' port; plain HTTP when no certificate."""
+    application), server TLS only on the users' port; plain HTTP when no certificate. Either
+    way the protocol bounds what a slow or greedy client holds (``adapters/http_limits``)."""
     tls = settings.tls
     if tls.cert is None or not (client_certs or tls.users_https):
-        return {"http": "httptools"}
+        return {"http": limited_protocol()}
     options: dict[str, Any] = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
     if client_certs:
         options.update(ssl_ca_certs=str(tls.trust_anchors), ssl_cert_reqs=ssl.CERT_REQUIRED,
-                       http=TlsHttpToolsProtocol)  # fmt: skip
+                       http=limited_protocol(peer_certificate=True))  # fmt: skip
     else:
-        options["http"] = "httptools"
+        options["http"] = limited_protocol()
     return options
 
 

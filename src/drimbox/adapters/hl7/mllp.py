@@ -8,7 +8,10 @@ larger than the limit is skipped to its end, keeping only its start so that the 
 answered.
 
 Threads rather than asyncio: the per-message work (parsing a CDA, an fsync'd SQLite insert)
-is blocking, and a RIS holds one or a few long-lived connections.
+is blocking, and a RIS holds one or a few long-lived connections. So that a slow or hostile
+client cannot hold them all: connections are capped in all and per address, a connection
+that completes no message for ``idle_timeout`` is closed (bytes outside frames do not count),
+and so is one whose started frame does not end within ``frame_timeout``.
 """
 
 from __future__ import annotations
@@ -120,12 +123,17 @@ class MllpServer:
         ssl_context: ssl.SSLContext | None = None,
         max_message_size: int = 32 << 20,
         idle_timeout: float = 300.0,
+        frame_timeout: float = 120.0,
         max_connections: int = 64,
+        max_connections_per_peer: int = 8,
     ) -> None:
         self.handler = handler
         self.ssl_context = ssl_context
         self.max_message_size = max_message_size
         self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout  # 32 MiB at 4 Mbit/s: about 70 s
+        self.max_connections_per_peer = max_connections_per_peer
+        self._per_peer: dict[str, int] = {}
         self._slots = threading.BoundedSemaphore(max_connections)
         self._stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
@@ -172,8 +180,17 @@ class MllpServer:
                     log.exception("MLLP accept failed")
                     time.sleep(_POLL)  # e.g. EMFILE: do not spin
                 continue
+            with self._lock:
+                crowded = self._per_peer.get(peer[0], 0) >= self.max_connections_per_peer
+                if not crowded:
+                    self._per_peer[peer[0]] = self._per_peer.get(peer[0], 0) + 1
+            if crowded:
+                log.warning("MLLP: too many connections from %s, refusing", peer[0])
+                conn.close()
+                continue
             if not self._slots.acquire(blocking=False):
                 log.warning("MLLP: too many connections, refusing %s", peer)
+                self._leave(peer)
                 conn.close()
                 continue
             thread = threading.Thread(target=self._serve, args=(conn, peer), daemon=True,
@@ -199,28 +216,48 @@ class MllpServer:
             with contextlib.suppress(OSError):
                 conn.close()
             self._slots.release()
+            self._leave(peer)
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
+    def _leave(self, peer: tuple[str, int]) -> None:
+        with self._lock:
+            left = self._per_peer.pop(peer[0], 1) - 1
+            if left > 0:
+                self._per_peer[peer[0]] = left
+
     def _converse(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         decoder = MllpDecoder(self.max_message_size)
-        last_activity = time.monotonic()
+        # only a complete message counts as activity: a trickle of bytes holds nothing
+        last_message = time.monotonic()
+        frame_started: float | None = None
         while not self._stopping.is_set():
+            now = time.monotonic()
+            if frame_started is not None and now - frame_started > self.frame_timeout:
+                log.warning("MLLP connection from %s: frame not ended within %.0f s, closing",
+                            peer, self.frame_timeout)  # fmt: skip
+                return
+            if frame_started is None and now - last_message > self.idle_timeout:
+                log.info("MLLP connection from %s idle for %.0f s, closing", peer,
+                         self.idle_timeout)  # fmt: skip
+                return
             try:
                 data = conn.recv(256 * 1024)
             except TimeoutError:
-                if time.monotonic() - last_activity > self.idle_timeout:
-                    log.info("MLLP connection from %s idle for %.0f s, closing", peer,
-                             self.idle_timeout)  # fmt: skip
-                    return
                 continue
             if not data:
                 if decoder.partial:
                     log.warning("MLLP connection from %s closed inside a frame", peer)
                 return
-            last_activity = time.monotonic()
-            for message in decoder.feed(data):
+            messages = decoder.feed(data)
+            for message in messages:
                 conn.sendall(frame(self._answer(message)))
+            if messages:
+                last_message = time.monotonic()
+            if not decoder.partial:
+                frame_started = None
+            elif messages or frame_started is None:  # a new frame began in this read
+                frame_started = time.monotonic()
 
     def _answer(self, message: Frame) -> bytes:
         try:
