@@ -72,6 +72,14 @@ def box_env(folder: Path, port: int, index: str, psc: FakePsc, **extra: str) -> 
     }  # fmt: skip
 
 
+def index_env(psc: FakePsc) -> dict[str, str]:
+    """B lists the history with the professional's token (introspected at the fake PSC); A
+    publishes without a signing key, as the index's development default caller."""
+    return {"DRIMBOX_INDEX__TRUST__INTROSPECTION_URL": psc.introspection_url,
+            "DRIMBOX_INDEX__TRUST__CLIENT_ID": "drimbox",
+            "DRIMBOX_INDEX__TRUST__CLIENT_SECRET": "secret"}  # fmt: skip
+
+
 def mllp_send(port: int, message: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(b"\x0b" + message + b"\x1c\r")
@@ -153,7 +161,7 @@ def main() -> int:
     with running_orthanc(work / "orthanc", modalities=known) as orthanc, \
             running_fake_psc() as psc, \
             process(["index", "--data-dir", str(work / "index"), "--port", str(index_port),
-                     "--workers", "1"], {}, work / "index.log", index_port):  # fmt: skip
+                     "--workers", "1"], index_env(psc), work / "index.log", index_port):  # fmt: skip
         load(orthanc, ct)
         token = psc.issue(lifetime=7200)
         env_a = box_env(work / "a", port_a, index, psc, DRIMBOX_BOX__CONSO__ENABLED="false",

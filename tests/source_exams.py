@@ -13,7 +13,7 @@ import pytest
 
 from drimbox.adapters.trust.pki import create_ca, issue, write_issued
 from drimbox.synth import generate_history
-from tests.index_fixtures import IndexServer, database_url, running_index
+from tests.index_fixtures import IndexServer, database_url, running_index, vihf_roots
 
 
 @dataclass
@@ -62,7 +62,13 @@ def signer_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IndexServer]:
+def index(
+    tmp_path_factory: pytest.TempPathFactory, signer_files: tuple[Path, Path]
+) -> Iterator[IndexServer]:
+    """The boxes publish with VIHF assertions signed by ``signer_files``; readers call with a
+    professional's token (``index.token``)."""
     folder = tmp_path_factory.mktemp("index-source")
-    with database_url("sqlite", folder) as url, running_index(url) as server:
+    anchors = vihf_roots(signer_files[1], folder / "vihf-roots.pem")
+    with database_url("sqlite", folder) as url, \
+            running_index(url, vihf_trust_anchors=anchors) as server:  # fmt: skip
         yield server

@@ -335,7 +335,13 @@ def _read(content_type: str, data: bytes) -> tuple[bytes, dict[str, bytes]]:
     return root, rest
 
 
-def post(client: httpx.Client, path: str, message: tuple[str, bytes]) -> Answer:
-    resp = client.post(path, content=message[1], headers={"content-type": message[0]})
+def post(
+    client: httpx.Client, path: str, message: tuple[str, bytes], token: str | None = None
+) -> Answer:
+    """``message`` posted by ``client``, as the holder of ``token`` when given."""
+    headers = {"content-type": message[0]}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    resp = client.post(path, content=message[1], headers=headers)
     root_bytes, parts = _read(resp.headers.get("content-type", ""), resp.content)
     return Answer(resp.status_code, etree.fromstring(root_bytes), parts)

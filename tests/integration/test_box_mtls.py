@@ -169,9 +169,10 @@ def test_the_index_demands_a_box_certificate(tmp_path: Path, pki: Pki) -> None:
     patient = "248000000000070^^^&1.2.250.1.213.1.4.10&ISO^NH"
     with database_url("sqlite", tmp_path) as url, running_index(url, tls=tls) as index:
         assert index.url.startswith("https://localhost:")
-        with XdsClient(index.url, client=httpx.Client(verify=pki.ctx("box-b"), timeout=30)) as c:
+        with XdsClient(index.url, client=httpx.Client(verify=pki.ctx("box-b"), timeout=30)) as c, \
+                c.on_behalf_of(index.token):  # fmt: skip
             assert c.find_documents(patient) == []
         for who in (None, "intruder"):  # no certificate, or one from a CA nobody trusts
             with XdsClient(index.url, client=httpx.Client(verify=pki.ctx(who), timeout=30)) as c, \
-                    pytest.raises(PeerUnavailable):  # fmt: skip
+                    c.on_behalf_of(index.token), pytest.raises(PeerUnavailable):  # fmt: skip
                 c.find_documents(patient)

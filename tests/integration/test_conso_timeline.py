@@ -1,8 +1,8 @@
 """The professional's imaging timeline on the real path: one patient's exams (one restamped to
 three weeks ago) stored in our PACS, their reports sent by the RIS over MLLP, published by the
-box into the index; the same box's Conso lists them with the professional's token (checked
-at a fake Pro Santé Connect by the box and by the index), filtered, with the warning that a
-similar exam was done recently."""
+box into the index (with its signed VIHF); the same box's Conso lists them with the
+professional's token (checked at a fake Pro Santé Connect by the box and by the index),
+filtered, with the warning that a similar exam was done recently."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pydicom import dcmread
 from drimbox.entrypoints.box import SourceBox, create_app
 from drimbox.services.source.outbox import PublicationState
 from tests.fake_psc import FakePsc, running_fake_psc
-from tests.index_fixtures import IndexServer, database_url, running_index
+from tests.index_fixtures import IndexServer, database_url, running_index, vihf_roots
 from tests.integration.test_source_publication import (
     box_settings,
     running_box,
@@ -42,12 +42,15 @@ def psc() -> Iterator[FakePsc]:
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory, psc: FakePsc) -> Iterator[IndexServer]:
-    """Professionals' tokens introspected; the box publishes as the default caller."""
+def index(
+    tmp_path_factory: pytest.TempPathFactory, psc: FakePsc, signer_files: tuple[Path, Path]
+) -> Iterator[IndexServer]:
+    """Professionals' tokens introspected at the same PSC as the box's; the box publishes
+    with its signed VIHF assertions."""
     folder = tmp_path_factory.mktemp("index-timeline")
-    trust = {"introspection_url": psc.introspection_url, "client_id": "drimbox",
-             "client_secret": "secret", "allow_default_caller": True}  # fmt: skip
-    with database_url("sqlite", folder) as url, running_index(url, trust=trust) as server:
+    anchors = vihf_roots(signer_files[1], folder / "vihf-roots.pem")
+    with database_url("sqlite", folder) as url, \
+            running_index(url, psc=psc, vihf_trust_anchors=anchors) as server:  # fmt: skip
         yield server
 
 

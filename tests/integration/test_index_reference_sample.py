@@ -1,8 +1,9 @@
 """The ANS reference ITI-41 submissions (ansforge/DRIM-M_DATA) posted byte for byte.
 
-Only the XAdES signature and the VIHF assertion are not checked (the trust layer is not
-there yet; the samples' certificates are masked anyway). The documents travel as MTOM parts
-``cid:0.2`` (KOS) and ``cid:0.3`` (signature) as the samples' ``xop:Include`` say.
+Only the XAdES signature and the VIHF assertion are not checked (the samples' certificates
+are masked): the samples are posted with a professional's bearer token, which the index reads
+before any assertion. The documents travel as MTOM parts ``cid:0.2`` (KOS) and ``cid:0.3``
+(signature) as the samples' ``xop:Include`` say.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Every XDS transaction of ``drimbox index`` over HTTP, on SQLite and on PostgreSQL."""
+"""Every XDS transaction of ``drimbox index`` over HTTP, on SQLite and on PostgreSQL, as a
+professional with their token (:data:`~tests.index_fixtures.PROFESSIONAL`, the author of the
+documents submitted here)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import pytest
 from tests import xds_messages as m
 from tests.index_fixtures import IndexServer, database_url, running_index
 from tests.xds_messages import Doc, new_ins, post
+
+OTHER_PROFESSIONAL = "899700000001"  # not the author of any document here
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -284,6 +288,15 @@ def test_metadata_update_creates_a_new_version(index: IndexServer) -> None:
     assert eo.find("rim:VersionInfo", m.NS).get("versionName") == "2"  # type: ignore[union-attr]
     stale = post(index.client, "/registry", m.update_metadata(patient, kos, "1"))
     assert stale.error_codes() == ["XDSMetadataUpdateError"]
+    # MASQUE_PS: for its author only; another professional neither finds nor updates it
+    other = index.issue(OTHER_PROFESSIONAL)
+    query = {"$XDSDocumentEntryPatientId": [f"'{patient}'"],
+             "$XDSDocumentEntryStatus": [f"('{m.APPROVED}')"]}  # fmt: skip
+    hidden = post(index.client, "/registry", m.stored_query(m.FIND_DOCUMENTS, query), other)
+    assert hidden.status() == "Success" and hidden.extrinsic() == []
+    deprecate = m.update_status(patient, eo.get("id", ""), m.APPROVED, m.DEPRECATED)
+    refused = post(index.client, "/registry", deprecate, other)
+    assert refused.error_codes() == ["urn:drimbox:xds:AccessDenied"]
 
 
 def _bad_doc(case: str, patient: str) -> tuple[str, Doc, bool]:

@@ -3,7 +3,9 @@ independent client (the ``hl7`` package), report + KOS found in a real index wit
 
 Peers: our embedded PACS (and Orthanc), ``drimbox index`` (SQLite), dcmtk ``storescu`` for
 the images and the IOCM note. The box runs in-process so that a test can stop it and start
-another one on the same data folder (a restart mid-queue).
+another one on the same data folder (a restart mid-queue). The box publishes with its signed
+VIHF assertions, which the index verifies; the tests read the index as a professional, with
+their token.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from drimbox.entrypoints.box import SourceBox, start_source
 from drimbox.services.source.outbox import PublicationState
 from drimbox.settings import BoxSettings
 from tests.dicom_factory import part10
-from tests.index_fixtures import IndexServer, database_url, running_index
+from tests.index_fixtures import IndexServer, database_url, running_index, vihf_roots
 from tests.peers import Pacs, free_port, run_dcmtk, running_orthanc, running_pacs
 from tests.source_exams import Exam
 from tests.unit.test_kos_iocm import rejection_note
@@ -83,8 +85,20 @@ def box(
 
 @pytest.fixture(scope="module")
 def xds_client(index: IndexServer) -> Iterator[XdsClient]:
-    with XdsClient(index.url, timeout=30) as c:
+    with XdsClient(index.url, timeout=30) as c, c.on_behalf_of(index.token):
         yield c
+
+
+@contextlib.contextmanager
+def index_for(
+    folder: Path, signer: tuple[Path, Path], port: int | None = None
+) -> Iterator[tuple[IndexServer, XdsClient]]:
+    """A fresh index trusting the box's VIHF, and a professional's client of it."""
+    anchors = vihf_roots(signer[1], folder / "vihf-roots.pem")
+    with database_url("sqlite", folder) as url, \
+            running_index(url, port=port, vihf_trust_anchors=anchors) as index, \
+            XdsClient(index.url) as client, client.on_behalf_of(index.token):  # fmt: skip
+        yield index, client
 
 
 def send(port: int, raw: bytes) -> tuple[str, str]:
@@ -196,15 +210,22 @@ def test_submission_set_is_signed_over_its_documents(
     exam = next(e for e in exams[:-1] if len(e.record["reports"]) == 1)
     assert send(box.mllp.port, exam.message("ORU"))[0] == "AA"  # a resend is stored once
     kos_entry, report_entry = wait_for(lambda: published(xds_client, exam), what="publication")
-    signatures = [d for d in xds_client.find_documents(exam.patient_id)
-                  if d.class_code is not None and d.class_code.code == SIGNATURE_CLASS]  # fmt: skip
+
+    def signatures() -> list[DocumentSummary]:
+        return [d for d in xds_client.find_documents(exam.patient_id)
+                if d.class_code is not None and d.class_code.code == SIGNATURE_CLASS]  # fmt: skip
+
+    # signatures are MASQUE_PS: only their author, the report's radiologist, sees them
+    assert signatures() == []
     verified = []
-    for sig in signatures:
-        data = retrieve(xds_client, index, sig.unique_id)
-        result = dsg.verify_submission_signature(data)
-        if kos_entry.unique_id in result.document_unique_ids:
-            documents = {u: retrieve(xds_client, index, u) for u in result.document_unique_ids}
-            verified.append(dsg.verify_submission_signature(data, documents))
+    with xds_client.on_behalf_of(index.issue("8" + exam.record["radiologist_rpps"])):
+        for sig in signatures():
+            data = retrieve(xds_client, index, sig.unique_id)
+            result = dsg.verify_submission_signature(data)
+            if kos_entry.unique_id in result.document_unique_ids:
+                documents = {u: retrieve(xds_client, index, u)
+                             for u in result.document_unique_ids}  # fmt: skip
+                verified.append(dsg.verify_submission_signature(data, documents))
     assert len(verified) == 1
     assert set(verified[0].document_unique_ids) == {kos_entry.unique_id, report_entry.unique_id}
     assert "CABINET DRIMBOX" in verified[0].signer.subject.rfc4514_string()
@@ -355,8 +376,8 @@ def test_index_down_then_up_across_a_restart_loses_and_duplicates_nothing(
         reasons = {o.last_error or "" for o in ops if o.attempts}
         assert all("unreachable" in r for r in reasons)
     # restarted while the queue is full, then the index comes up
-    with database_url("sqlite", tmp_path) as url, running_index(url, port=index_port) as index, \
-            running_box(settings) as second, XdsClient(index.url) as client:  # fmt: skip
+    with index_for(tmp_path, signer_files, index_port) as (_, client), \
+            running_box(settings) as second:  # fmt: skip
         for exam in chosen:
             wait_for(lambda e=exam: published(client, e), what="publication after restart")
         wait_for(lambda: second.outbox.counts().get("pending", 0) == 0, what="empty outbox")
@@ -372,8 +393,7 @@ def test_lost_answer_is_not_a_duplicate(
     """The index commits but the box never hears back (crash right after ITI-41): the retry
     finds the manifest registered and sends nothing twice."""
     exam = [e for e in exams[:-1] if len(e.record["reports"]) == 1][8]
-    with database_url("sqlite", tmp_path) as url, running_index(url) as index, \
-            XdsClient(index.url) as client:  # fmt: skip
+    with index_for(tmp_path, signer_files) as (index, client):
         settings = box_settings(tmp_path / "box", pacs.aet, pacs.port, index.url, signer_files)
         with running_box(settings) as box:
             box.pipeline.stop()  # hold the queue: we play the sender by hand

@@ -4,6 +4,7 @@ Each test checks the precise refusal and that the application did nothing and ot
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -75,7 +76,17 @@ class Recorder:
 
             return StreamingResponse(chunks(), media_type="application/octet-stream")
 
-        routes = [Route("/ok", ok), Route("/store", store, methods=["POST"]),
+        async def slow(request: Request) -> Response:
+            self.started.append(request.url.path)
+
+            async def chunks() -> Any:
+                for i in range(4):
+                    await asyncio.sleep(0.4)
+                    yield f"part {i};".encode()
+
+            return StreamingResponse(chunks(), media_type="text/plain")
+
+        routes = [Route("/ok", ok), Route("/slow", slow), Route("/store", store, methods=["POST"]),
                   Route("/store-or-400", store_or_400, methods=["POST"]), Route("/big", big)]  # fmt: skip
         middleware = [Middleware(BodyLimit, max_bytes=max_body)] if max_body else []
         return Starlette(routes=routes, middleware=middleware)
@@ -159,6 +170,20 @@ def test_the_second_request_on_a_connection_has_its_own_deadline() -> None:
         status, problem = status_and_problem(read_all(sock))
         assert status == 408 and problem["title"] == "Request Timeout"
         assert rec.started == ["/ok"]
+
+
+def test_a_pipelined_slow_head_does_not_cut_into_the_response_before_it() -> None:
+    rec = Recorder()
+    with serving(rec.app()) as port, connect(port) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /ok HTTP/1.1\r\nHo")
+        raw = read_all(sock, timeout=8)
+        first, _, second = raw.partition(b"0\r\n\r\n")  # the end of the chunked response
+        assert first.startswith(b"HTTP/1.1 200") and b"part 3;" in first
+        status, problem = status_and_problem(second)
+        assert status == 408 and problem["status"] == 408
+        assert time.monotonic() - started > 2.4  # 1.6 s of response, then the 1 s deadline
+        assert rec.started == ["/slow"]
 
 
 def test_an_oversized_head_gets_431_without_reaching_the_application() -> None:

@@ -94,3 +94,49 @@ def test_a_stalled_pacs_times_out(tmp_path: Path) -> None:
     provider = ImageProvider(Store(tmp_path), SlowPacs(delay=2), wait_timeout=0.2)
     with pytest.raises(PeerUnavailable, match="too slow"):
         list(provider.arrivals("1", [("1.1", "1.2.1")]))
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_stream_gets_the_bytes_and_the_cache_is_written_after_it(tmp_path: Path) -> None:
+    provider = ImageProvider(Store(tmp_path), SlowPacs(delay=0.01))
+    items = [("1.1", f"1.2.{i}") for i in range(4)]
+    stream = provider.arrivals_data("1", items)
+    got = [next(stream) for _ in items]  # the stream is still sending the last one
+    # handed over from memory while the stream runs; nothing written before it ends
+    assert all(data == sop.encode() for (_, sop), data in got)
+    time.sleep(0.3)
+    assert not list(tmp_path.iterdir())
+    stream.close()
+    assert _eventually(lambda: len(list(tmp_path.iterdir())) == 4)
+    hits, misses = provider.cached("1", items)
+    assert len(hits) == 4 and not misses
+    provider.close()
+
+
+def test_who_needs_a_file_gets_it_written_at_once(tmp_path: Path) -> None:
+    provider = ImageProvider(Store(tmp_path), SlowPacs(delay=0.01))
+    items = [("1.1", f"1.2.{i}") for i in range(3)]
+    streaming = provider.arrivals_data("1", items)  # a stream holds the writer back
+    next(streaming)
+    # a frames/ZIP request for the same instances: files, written for it
+    paths = [path for _, path in provider.arrivals("1", items)]
+    assert [p.read_bytes() for p in paths] == [f"1.2.{i}".encode() for i in range(3)]
+    streaming.close()
+    provider.close()
+
+
+def test_without_a_budget_every_instance_is_written_before_it_is_handed_over(
+    tmp_path: Path,
+) -> None:
+    provider = ImageProvider(Store(tmp_path), SlowPacs(delay=0), write_behind_bytes=0)
+    for (_, sop), found in provider.arrivals_data("1", [("1.1", "1.2.1")]):
+        assert isinstance(found, Path) and found.read_bytes() == sop.encode()
+    provider.close()

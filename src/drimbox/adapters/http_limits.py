@@ -80,6 +80,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     _refused = False  # an answer of ours was written: ignore what the parser still reports
     _head_too_large = False
     _begun = False  # a request has started on this connection
+    _in_head = False
     _in_body = False
     _head_bytes = 0
     _window_bytes = 0
@@ -114,14 +115,28 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().data_received(data)
         if self._head_too_large and not self._refused:
-            self._refuse(431, f"request head over {self.limits.max_head_bytes} bytes")
+            if self._responding():  # a pipelined head: no answer in the middle of another
+                self._refused = True
+                self.transport.close()
+            else:
+                self._refuse(431, f"request head over {self.limits.max_head_bytes} bytes")
 
     def on_message_begin(self) -> None:
         if self._ignoring:
             return
         super().on_message_begin()
-        self._begun, self._head_bytes, self._in_body = True, 0, False
-        if self._timer is None:  # the first request's timer runs from the connection
+        self._begun, self._in_head, self._head_bytes, self._in_body = True, True, 0, False
+        # the first request's deadline runs from the connection; a pipelined one's from the
+        # end of the response before it (an answer then cannot cut into that response)
+        if self._timer is None and not self._responding():
+            self._arm(self.limits.head_timeout, self._head_expired)
+
+    def _responding(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._in_head and self._timer is None and not self.transport.is_closing():
             self._arm(self.limits.head_timeout, self._head_expired)
 
     def on_url(self, url: bytes) -> None:
@@ -142,6 +157,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._ignoring:
             return
         self._disarm()
+        self._in_head = False
         super().on_headers_complete()
         if not (self.parser.should_upgrade() and self._should_upgrade()):
             self._in_body, self._window_bytes = True, 0

@@ -103,7 +103,7 @@ def start_conso(
                             str(tls.trust_anchors) if tls.trust_anchors else None)  # fmt: skip
     http = httpx.Client(timeout=httpx.Timeout(conso.source_timeout), follow_redirects=False,
                         verify=verify)  # fmt: skip
-    images = ImageProvider(cache, RemoteSourceFetcher(http))
+    images = ImageProvider(cache, RemoteSourceFetcher(verify, conso.source_timeout))
     client = XdsClient(
         settings.index_url, timeout=settings.index_timeout, client=_index_http(settings)
     )

@@ -74,16 +74,18 @@ class Remote:
 class RemoteSourceFetcher:
     """``SeriesFetcher`` pulling from another box's Source WADO-RS."""
 
-    def __init__(self, client: httpx.Client) -> None:
-        self.client = client
+    def __init__(self, ssl_context: ssl.SSLContext | None, timeout: float = 60.0) -> None:
+        self.ssl_context, self.timeout = ssl_context, timeout
 
     def __call__(
         self, study: str, series: str, sops: Collection[str], store: Any, context: Any = None
     ) -> None:
         if not isinstance(context, Remote):
             raise NotFound("no Source box for this exam")
-        source = DicomwebPacs(context.base, client=self.client, headers=context.headers())
-        source.fetch_series(study, series, store, sops=sops)
+        # a connection per series fill, through the standard library (the bulk of a study)
+        with DicomwebPacs(context.base, headers=context.headers(), timeout=self.timeout,
+                          ssl_context=self.ssl_context) as source:  # fmt: skip
+            source.fetch_series(study, series, store, sops=sops)
 
 
 class ConsoProxy:

@@ -25,6 +25,7 @@ from drimbox.adapters.dicomweb.media_types import (
     IMPLICIT_VR_LE,
     NotAcceptable,
 )
+from drimbox.adapters.dicomweb.part10 import stored_syntax
 
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
@@ -114,26 +115,29 @@ def transcode(path: Path, wanted: str) -> bytes:
     return transcode_with_syntax(path, wanted)[0]
 
 
-def transcode_with_syntax(path: Path, wanted: str) -> tuple[bytes, str]:
-    """The Part 10 bytes of ``path`` in ``wanted`` (``ANY_SYNTAX``: as stored), and their
-    actual transfer syntax.
+def transcode_with_syntax(source: Path | bytes, wanted: str) -> tuple[bytes, str]:
+    """The Part 10 bytes of ``source`` (a file, or the bytes of one) in ``wanted``
+    (``ANY_SYNTAX``: as stored), and their actual transfer syntax.
 
     Compressed targets apply to pixel data only: an instance without any (SR, KOS...) is sent
     in explicit VR little endian instead, as PS3.18 8.7.3.5.2 allows.
     """
-    stored = str(read_file_meta_info(path).TransferSyntaxUID)
+    if isinstance(source, Path):
+        stored = str(read_file_meta_info(source).TransferSyntaxUID)
+    else:
+        stored = stored_syntax(source[:65536])
     if can_serve_as_is(stored, wanted):
-        return path.read_bytes(), stored
+        return _bytes(source), stored
     if not _known_syntax(wanted):
         raise NotAcceptable(f"{wanted!r} is not a transfer syntax")
-    ds = dcmread(path)
+    ds = dcmread(source if isinstance(source, Path) else io.BytesIO(source))
     # Float pixel data only exists in native syntaxes: it is treated like no pixel data.
     if "PixelData" not in ds:
         if stored == BIG_ENDIAN:
             raise NotAcceptable("instances in explicit VR big endian are only sent as stored")
         target = wanted if wanted in _WRITABLE_NATIVE else EXPLICIT_VR_LE
         if target == stored:
-            return path.read_bytes(), stored
+            return _bytes(source), stored
         return _part10(ds, target), target
     if wanted not in producible(stored):
         raise NotAcceptable(
@@ -147,6 +151,10 @@ def transcode_with_syntax(path: Path, wanted: str) -> tuple[bytes, str]:
             f"cannot transcode {UID(stored).name} to {UID(wanted).name}: {exc}"
         ) from None
     return _part10(ds, wanted), wanted
+
+
+def _bytes(source: Path | bytes) -> bytes:
+    return source.read_bytes() if isinstance(source, Path) else source
 
 
 def _reencode(ds: Dataset, stored: str, wanted: str) -> None:

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydicom import dcmread
 from starlette.concurrency import run_in_threadpool
@@ -522,19 +522,24 @@ class MultipartDicom(Response):
             {"type": "http.response.body", "body": mp.closing(self.boundary), "more_body": False}
         )
 
-    async def _paths(self) -> AsyncIterator[Path]:
+    async def _paths(self) -> AsyncIterator[Path | bytes]:
         for _, path in self.hits:
             yield path
         if not self.misses:
             return
-        arrivals = self.images.arrivals(self.study, self.misses, self.context)
-        while True:
-            nxt = await run_in_threadpool(_next, arrivals)
-            if nxt is None:
-                return
-            yield nxt[1]
+        arrivals = self.images.arrivals_data(self.study, self.misses, self.context)
+        try:
+            while True:
+                nxt = await run_in_threadpool(_next, arrivals)
+                if nxt is None:
+                    return
+                yield nxt[1]
+        finally:
+            arrivals.close()  # a client gone: the cache writes need not wait for it
 
-    async def _send_part(self, send: Callable[[Any], Any], path: Path, first: bool) -> bool:
+    async def _send_part(self, send: Callable[[Any], Any], path: Path | bytes, first: bool) -> bool:
+        if not isinstance(path, Path):  # arrived, not yet in the cache: from memory
+            return await self._send_data(send, path, first)
         with open(path, "rb") as fh:
             size = fh.seek(0, 2)
             fh.seek(0)
@@ -558,6 +563,20 @@ class MultipartDicom(Response):
         await send({"type": "http.response.body", "body": data, "more_body": True})
         return False
 
+    async def _send_data(self, send: Callable[[Any], Any], data: bytes, first: bool) -> bool:
+        stored = stored_syntax(data[:_CHUNK])
+        wanted = self._choose(stored)
+        if wanted not in (ANY_SYNTAX, stored):
+            try:
+                data, stored = await run_in_threadpool(transcode_with_syntax, data, wanted)
+            except NotAcceptable as exc:
+                log.warning("cannot send an instance as %s (%s): explicit VR little endian",
+                            wanted, exc)  # fmt: skip
+                data, stored = await run_in_threadpool(transcode_with_syntax, data, EXPLICIT_VR_LE)
+        await self._part_header(send, stored, first)
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+        return False
+
     async def _part_header(self, send: Callable[[Any], Any], syntax: str, first: bool) -> None:
         header = mp.part_header(
             self.boundary, f"application/dicom; transfer-syntax={syntax}", first
@@ -565,7 +584,10 @@ class MultipartDicom(Response):
         await send({"type": "http.response.body", "body": header, "more_body": True})
 
 
-def _next(iterator: Iterator[tuple[Item, Path]]) -> tuple[Item, Path] | None:
+_T = TypeVar("_T")
+
+
+def _next(iterator: Iterator[tuple[Item, _T]]) -> tuple[Item, _T] | None:
     return next(iterator, None)
 
 

@@ -1,8 +1,14 @@
 """Instances for retrieval requests: from the cache, else pulled from the PACS once.
 
 A miss starts one fill per series (what the request lacks of it); every request that needs
-that series waits on the same fill and gets each instance as soon as it lands in the cache,
-in arrival order, so the first bytes leave before the PACS has sent the last one.
+that series waits on the same fill and gets each instance as soon as it arrives, in arrival
+order, so the first bytes leave before the PACS has sent the last one.
+
+Write-behind: an arrived instance is handed to the streaming responses from memory and
+written to the disk cache later, once no fill and no stream is running (or when the bytes
+held pass a budget). On this kind of machine writing fresh files costs as much CPU as the
+whole transfer; deferring it takes it off the path a professional waits on. Whoever needs a
+file (frames, metadata, ZIP, import) gets it written on demand.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +28,8 @@ log = logging.getLogger(__name__)
 
 Item = tuple[str, str]
 """(Series Instance UID, SOP Instance UID)."""
+Key = tuple[str, str, str]
+"""(Study, Series, SOP Instance UID)."""
 
 
 class InstanceStore(Protocol):
@@ -65,15 +74,33 @@ class ImageProvider:
         *,
         parallel_series: int = 4,
         wait_timeout: float = 300.0,
+        write_behind_bytes: int = 512 << 20,
     ) -> None:
+        """``write_behind_bytes``: arrived instances held in memory until written (0: write
+        each one before handing it over)."""
         self.store = store
         self.fetch = fetch
         self.wait_timeout = wait_timeout
+        self.write_behind_bytes = write_behind_bytes
         self._fills: dict[tuple[str, str], _Fill] = {}
         self._changed = threading.Condition()
         self._pool = ThreadPoolExecutor(parallel_series, thread_name_prefix="fill")
+        self._unwritten: dict[Key, bytes] = {}
+        self._unwritten_bytes = 0
+        self._queue: deque[Key] = deque()
+        self._streams = 0
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self._writer: threading.Thread | None = None
+        if write_behind_bytes:
+            self._writer = threading.Thread(target=self._write_behind, name="cache-writer",
+                                            daemon=True)  # fmt: skip
+            self._writer.start()
 
     def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def cached(
@@ -84,6 +111,8 @@ class ImageProvider:
         misses: list[Item] = []
         for item in items:
             path = self.store.path(study, *item)
+            if path is None and (study, *item) in self._unwritten:
+                path = self._write((study, *item))
             if path is None:
                 misses.append(item)
             else:
@@ -107,22 +136,95 @@ class ImageProvider:
         Raises ``PeerUnavailable`` when the PACS cannot be reached, ``InstanceUnavailable``
         when it answered without some of them.
         """
+        for item, found in self.arrivals_data(study, missing, context, stream=False):
+            if not isinstance(found, Path):
+                path = self._write((study, *item))
+                if path is None:
+                    raise InstanceUnavailable(f"instance {item[1]} was evicted before use")
+                found = path
+            yield item, found
+
+    def arrivals_data(
+        self, study: str, missing: list[Item], context: Any = None, *, stream: bool = True
+    ) -> Generator[tuple[Item, Path | bytes]]:
+        """Like :meth:`arrivals`, but an instance not yet written comes as its bytes: for a
+        response streaming them on (``stream``: the cache writes wait until it ends)."""
         pending: dict[Item, _Fill] = {}
         by_series: dict[str, set[str]] = {}
         for series, sop in missing:
             by_series.setdefault(series, set()).add(sop)
-        for series, sops in by_series.items():
-            fill = self._join(study, series, frozenset(sops), context)
-            pending.update({(series, sop): fill for sop in sops})
-        deadline = time.monotonic() + self.wait_timeout
-        while pending:
-            ready = self._wait(pending, deadline)
-            for item in ready:
-                del pending[item]
-                path = self.store.path(study, *item)
-                if path is None:  # evicted already: a cache far too small for the load
-                    raise InstanceUnavailable(f"instance {item[1]} was evicted before use")
-                yield item, path
+        if stream:
+            with self._changed:
+                self._streams += 1
+        try:
+            for series, sops in by_series.items():
+                fill = self._join(study, series, frozenset(sops), context)
+                pending.update({(series, sop): fill for sop in sops})
+            deadline = time.monotonic() + self.wait_timeout
+            while pending:
+                ready = self._wait(pending, deadline)
+                for item in ready:
+                    del pending[item]
+                    data = self._unwritten.get((study, *item))
+                    if data is not None:
+                        yield item, data
+                        continue
+                    path = self.store.path(study, *item)
+                    if path is None:  # evicted already: a cache far too small for the load
+                        raise InstanceUnavailable(f"instance {item[1]} was evicted before use")
+                    yield item, path
+        finally:
+            if stream:
+                with self._changed:
+                    self._streams -= 1
+                    self._changed.notify_all()
+
+    # -- write-behind -------------------------------------------------------------------------
+
+    def _hold(self, key: Key, data: bytes) -> bool:
+        """Keep ``data`` for the writer; False when over budget (then write it now)."""
+        with self._changed:
+            if self._writer is None or self._unwritten_bytes + len(data) > self.write_behind_bytes:
+                return False
+            if key not in self._unwritten:
+                self._unwritten_bytes += len(data)
+                self._queue.append(key)
+            self._unwritten[key] = data
+            return True
+
+    def _write(self, key: Key) -> Path | None:
+        """Write ``key`` if it is still held; its cache file (None if gone meanwhile)."""
+        with self._write_lock:  # one writer per file: a reader never sees it half written
+            data = self._unwritten.get(key)
+            if data is None:
+                return self.store.path(*key)
+            path = self.store.put(*key, data)
+            with self._changed:
+                if self._unwritten.get(key) is data:
+                    del self._unwritten[key]
+                    self._unwritten_bytes -= len(data)
+            return path
+
+    def _write_behind(self) -> None:
+        while True:
+            with self._changed:
+                while not self._closed and (
+                    not self._queue
+                    or ((self._fills or self._streams)
+                        and self._unwritten_bytes < self.write_behind_bytes // 2)
+                ):  # fmt: skip
+                    self._changed.wait(0.5)
+                if self._closed:
+                    return
+                key = self._queue.popleft()
+            try:
+                self._write(key)
+            except Exception:  # a cache: the instance is fetched again when asked
+                log.exception("writing instance %s to the cache failed", key[2])
+                with self._changed:
+                    data = self._unwritten.pop(key, None)
+                    if data is not None:
+                        self._unwritten_bytes -= len(data)
 
     def _join(self, study: str, series: str, sops: frozenset[str], context: Any) -> _Fill:
         with self._changed:
@@ -159,7 +261,8 @@ class ImageProvider:
         def store(sop: str, data: bytes) -> None:
             if sop not in fill.sops:
                 return  # not asked for: a manifest never widens through the PACS
-            self.store.put(fill.study, fill.series, sop, data)
+            if not self._hold((fill.study, fill.series, sop), bytes(data)):
+                self.store.put(fill.study, fill.series, sop, data)
             with self._changed:
                 fill.arrived.add(sop)
                 self._changed.notify_all()
