@@ -158,10 +158,11 @@ def main() -> int:
     known = {"DRIMBOX": ("DRIMBOX", "127.0.0.1", free_port())}
     index_port, port_a, port_b = free_port(), free_port(), free_port()
     index = f"http://127.0.0.1:{index_port}"
+    index_args = ["index", "--data-dir", str(work / "index"), "--port", str(index_port),
+                  "--workers", "1"]  # fmt: skip
     with running_orthanc(work / "orthanc", modalities=known) as orthanc, \
             running_fake_psc() as psc, \
-            process(["index", "--data-dir", str(work / "index"), "--port", str(index_port),
-                     "--workers", "1"], index_env(psc), work / "index.log", index_port):  # fmt: skip
+            process(index_args, index_env(psc), work / "index.log", index_port):  # fmt: skip
         load(orthanc, ct)
         token = psc.issue(lifetime=7200)
         env_a = box_env(work / "a", port_a, index, psc, DRIMBOX_BOX__CONSO__ENABLED="false",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import time
 import zipfile
 from collections.abc import Iterator
@@ -406,6 +407,24 @@ def test_emergency_access_when_the_patient_opposed(
                    timeout=60)  # fmt: skip
     assert r.status_code == 200, r.text
     assert exam.study_uid in [e["study_uid"] for e in r.json()["exams"]]
+    # the same from the history page, in a browser's session: the refusal offers the form
+    with httpx.Client(base_url=site_b.url, timeout=60) as browser:
+        assert browser.post("/conso/api/session", headers=bearer(token)).status_code in (200, 204)
+        page = browser.get(f"/conso/patients/{ins}", params={"oid": oid})
+        assert page.status_code == 403 and "bris de glace" in page.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf is not None
+        action = f"/conso/patients/{ins}/urgence"
+        forged = browser.post(action, data={"oid": oid, "reason": reason, "csrf": "x"})
+        assert forged.status_code == 403  # not this session's form
+        elsewhere = browser.post(action, data={"oid": oid, "reason": reason, "csrf": csrf[1]},
+                                 headers={"Origin": "https://evil.example"})  # fmt: skip
+        assert elsewhere.status_code == 403
+        blank = browser.post(action, data={"oid": oid, "reason": "  ", "csrf": csrf[1]})
+        assert blank.status_code == 400 and "motif" in blank.text
+        declared = browser.post(action, data={"oid": oid, "reason": reason, "csrf": csrf[1]})
+        assert declared.status_code == 200, declared.text
+        assert "Accès en urgence déclaré" in declared.text and exam.study_uid in declared.text
     controls.set_opposition(patient, opposed=True, opposes_break_glass=True)
     r = httpx.post(url, json={"ins": ins, "oid": oid, "reason": reason}, headers=bearer(token),
                    timeout=60)  # fmt: skip

@@ -4,6 +4,7 @@ session; an exam is reachable only once their history listing showed it."""
 
 from __future__ import annotations
 
+import hmac
 import html
 import logging
 import tempfile
@@ -34,6 +35,7 @@ from drimbox.adapters.conso_web.contextual import (
     identity_banner,
     read_form,
 )
+from drimbox.adapters.conso_web.patient_auth import origin_of
 from drimbox.adapters.conso_web.proxy import ConsoProxy
 from drimbox.adapters.dicomweb.errors import HttpProblem
 from drimbox.adapters.documents.report_html import report_html, report_pdf
@@ -316,6 +318,7 @@ class ConsoPages:
             Route(prefix + "/", self.home, methods=["GET"]),
             Route(prefix + "/api/history", self.api_history, methods=["GET"]),
             Route(prefix + "/api/history/emergency", self.api_emergency, methods=["POST"]),
+            Route(prefix + "/patients/{ins}/urgence", self.emergency_page, methods=["POST"]),
             Route(prefix + "/patients/{ins}", self.history_page, methods=["GET"]),
             Route(prefix + "/reports/{uid}", self.report_page, methods=["GET"]),
             Route(prefix + "/reports/{uid}/pdf", self.report_file, methods=["GET"]),
@@ -368,11 +371,12 @@ class ConsoPages:
         return session, exams
 
     async def _timeline(
-        self, request: Request, ins: str, oid: str, which: TimelineFilter, notes: list[str]
-    ) -> Timeline:
+        self, request: Request, ins: str, oid: str, which: TimelineFilter, notes: list[str],
+        emergency_reason: str = "",
+    ) -> Timeline:  # fmt: skip
         """The history filtered, with the similar recent exams (looked for over the whole
         history: a date or site filter must not hide a recent exam)."""
-        _, exams = await self._history(request, ins, oid)
+        _, exams = await self._history(request, ins, oid, emergency_reason)
         exams = newest_first(exams)
         warnings = similar_recent(exams, self.today(), which.modality, which.region)
         return Timeline(exams, filter_exams(exams, which), which, warnings, notes)
@@ -445,7 +449,74 @@ class ConsoPages:
                          f"Filtre invalide : {html.escape(str(exc))}</p><p><a class='button' "
                          f"href='{html.escape(back)}'>Revenir à l'historique</a></p>",
                          status=400)  # fmt: skip
-        timeline = await self._timeline(request, ins, oid, which, notes)
+        try:
+            timeline = await self._timeline(request, ins, oid, which, notes)
+        except HttpProblem as exc:
+            if exc.status != 403:
+                raise
+            return await self._refused_page(request, ins, oid, str(exc.detail))
+        return self._timeline_page(timeline, ins, oid, ctx, call)
+
+    async def _refused_page(self, request: Request, ins: str, oid: str, why: str) -> Response:
+        """The index refused (the patient opposed access): say so, and offer the declared
+        emergency access ("bris de glace") with its mandatory reason."""
+        session = await self.auth.require(request)
+        action = f"{self.prefix}/patients/{quote(ins)}/urgence"
+        body = (
+            "<h1>Historique d'imagerie</h1>"
+            f"<div class='banner'>Patient INS {html.escape(ins)}</div>"
+            "<p class='problem'>Accès refusé : le patient s'est opposé à l'accès des "
+            "professionnels à son dossier, ou l'index national refuse cet accès.</p>"
+            f"<p class='muted'>{html.escape(why)}</p>"
+            "<h2>Accès en urgence (bris de glace)</h2>"
+            "<p>En cas d'urgence, si l'état du patient l'exige, vous pouvez déclarer un accès "
+            "en urgence. Il est tracé, signalé au patient, et refusé si le patient s'y est "
+            "aussi opposé.</p>"
+            f'<form method="post" action="{html.escape(action)}">'
+            f'<input type="hidden" name="oid" value="{html.escape(oid)}">'
+            f'<input type="hidden" name="csrf" value="{html.escape(session.csrf)}">'
+            '<p><label>Motif (obligatoire)<br><textarea name="reason" required minlength="3" '
+            'maxlength="500" rows="3" cols="60"></textarea></label></p>'
+            "<button>Accéder en urgence</button></form>"
+        )
+        return _page("Accès refusé", body, status=403)
+
+    async def emergency_page(self, request: Request) -> Response:
+        """The history page in a declared emergency: a form of this site (Origin and the
+        session's token), the reason required; the index decides."""
+        session = await self.auth.require(request)
+        fields = dict(await read_form(request))
+        origin = request.headers.get("origin") or origin_of(request.headers.get("referer"))
+        own = {origin_of(str(request.base_url)), origin_of(self.proxy.users_url)} - {""}
+        sent = fields.get("csrf", "")
+        if (
+            (origin and origin not in own)
+            or not sent
+            or not hmac.compare_digest(sent.encode(), session.csrf.encode())
+        ):
+            raise HttpProblem(403, "requête refusée : formulaire expiré, rechargez la page")
+        ins = request.path_params["ins"]
+        oid = fields.get("oid", DEFAULT_INS_OID)
+        reason = " ".join(fields.get("reason", "").split())
+        if len(reason) < 3:
+            return _page("Motif requis", "<h1>Accès en urgence</h1><p class='problem'>"
+                         "L'accès en urgence exige un motif.</p>", status=400)  # fmt: skip
+        which, notes = timeline_filter({})
+        try:
+            timeline = await self._timeline(request, ins, oid, which, notes, reason[:500])
+        except HttpProblem as exc:
+            if exc.status != 403:
+                raise
+            return _page("Accès refusé", "<h1>Accès en urgence refusé</h1><p class='problem'>"
+                         f"{html.escape(str(exc.detail))}</p>", status=403)  # fmt: skip
+        notice = ("<p class='problem'>Accès en urgence déclaré (motif : "
+                  f"{html.escape(reason[:500])}) : tracé et signalé au patient.</p>")  # fmt: skip
+        return self._timeline_page(timeline, ins, oid, "", None, notice)
+
+    def _timeline_page(
+        self, timeline: Timeline, ins: str, oid: str, ctx: str, call: ContextualCall | None,
+        notice: str = "",
+    ) -> HTMLResponse:  # fmt: skip
         keep = {"oid": oid, **({"ctx": ctx} if call else {})}
         banner = identity_banner(call) if call else (
             f"<div class='banner'>Patient INS {html.escape(ins)}</div>")  # fmt: skip
@@ -466,7 +537,7 @@ class ConsoPages:
             if any(e.instance_count for e in shown) else ""
         )  # fmt: skip
         body = (
-            f"<h1>Historique d'imagerie</h1>{banner}"
+            f"<h1>Historique d'imagerie</h1>{notice}{banner}"
             + _filter_form(timeline, keep)
             + "".join(f"<p class='note'>{html.escape(n)}</p>" for n in timeline.notes)
             + _warnings_html(timeline)

@@ -55,7 +55,7 @@ class PatientSessions:
 
     def check_form(self, request: Request, session: Session, form: dict[str, str]) -> None:
         """A state-changing form of this site, for this session (403 otherwise)."""
-        origin = request.headers.get("origin") or _origin_of(request.headers.get("referer"))
+        origin = request.headers.get("origin") or origin_of(request.headers.get("referer"))
         if origin and origin not in self._origins(request):
             raise HttpProblem(403, "requête refusée : elle ne vient pas de cette page")
         sent = form.get("csrf", "")
@@ -63,13 +63,13 @@ class PatientSessions:
             raise HttpProblem(403, "requête refusée : formulaire expiré, rechargez la page")
 
     def _origins(self, request: Request) -> set[str]:
-        own = {_origin_of(str(request.base_url))}
+        own = {origin_of(str(request.base_url))}
         if self.users_url:
-            own.add(_origin_of(self.users_url))
+            own.add(origin_of(self.users_url))
         return own - {""}
 
 
-def _origin_of(url: str | None) -> str:
+def origin_of(url: str | None) -> str:
     if not url:
         return ""
     parts = urlsplit(url)
