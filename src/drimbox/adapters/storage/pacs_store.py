@@ -270,8 +270,9 @@ class PacsStore:
         self.index.add(rec)
         if existing is not None and existing.path != rel:
             self.files.remove(existing.path)
-        result = StoreResult.REPLACED if existing is not None else StoreResult.STORED
-        return Stored(result, self.index.get_instance(sop) or _as_stored(rec))
+        if existing is None:  # what was just written: no need to read it back
+            return Stored(StoreResult.STORED, _as_stored(rec))
+        return Stored(StoreResult.REPLACED, self.index.get_instance(sop) or _as_stored(rec))
 
     def recover(self) -> tuple[int, int]:
         """After a crash: drop unfinished writes, index stored files the index lacks."""
