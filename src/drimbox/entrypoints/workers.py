@@ -15,8 +15,10 @@ from multiprocessing.process import BaseProcess
 
 log = logging.getLogger(__name__)
 
-Target = Callable[[str, int, int], None]
-"""(payload, worker number, parent pid): a module-level function (spawned, so picklable)."""
+Target = Callable[..., None]
+"""(payload, worker number, parent pid, *extra): a module-level function (spawned, so
+picklable); ``extra`` may hold sockets and shared arrays, which the spawn start method hands
+over to the child."""
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -27,17 +29,22 @@ def _exit_with_parent(parent_pid: int) -> None:
     os._exit(0)
 
 
-def _bootstrap(target: Target, payload: str, number: int, parent_pid: int) -> None:
+def _bootstrap(
+    target: Target, payload: str, number: int, parent_pid: int, extra: tuple[object, ...]
+) -> None:
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    target(payload, number, parent_pid)
+    target(payload, number, parent_pid, *extra)
 
 
 class WorkerPool:
-    """Starts ``count`` workers running ``target(payload, number, parent_pid)``."""
+    """Starts ``count`` workers running ``target(payload, number, parent_pid, *extra)``."""
 
-    def __init__(self, target: Target, payload: str, count: int, name: str) -> None:
+    def __init__(
+        self, target: Target, payload: str, count: int, name: str, extra: tuple[object, ...] = ()
+    ) -> None:
         self.target, self.payload, self.count, self.name = target, payload, count, name
+        self.extra = extra
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: list[BaseProcess] = []
         self.stopping = threading.Event()
@@ -45,7 +52,7 @@ class WorkerPool:
     def _spawn(self, number: int) -> BaseProcess:
         proc = self.ctx.Process(
             target=_bootstrap,
-            args=(self.target, self.payload, number, os.getpid()),
+            args=(self.target, self.payload, number, os.getpid(), self.extra),
             name=f"drimbox-{self.name}-{number}",
             daemon=True,
         )

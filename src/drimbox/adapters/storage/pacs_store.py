@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
@@ -63,11 +64,62 @@ def _tag(keyword: str) -> int:
     return tag
 
 
+_PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
+"""String VRs in the default repertoire whatever Specific Character Set says."""
+_TEXT_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+_SIMPLE_CHARSETS = {"": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+
+
 def _value(ds: Dataset, keyword: str) -> Any:
-    # by tag: pydicom's attribute access by keyword costs several times more, and ingest
-    # reads some thirty attributes per object
-    elem = ds.get(_tag(keyword))
+    # by tag, and from the raw bytes for the common cases: ingest reads some thirty
+    # attributes per object, and pydicom's conversion is a fifth of its CPU
+    tag = _tag(keyword)
+    raw = ds.get_item(tag)
+    if raw is None:
+        return None
+    if isinstance(raw, RawDataElement) and raw.value is not None:
+        fast = _raw_value(ds, tag, raw)
+        if fast is not _SLOW:
+            return fast
+    elem = ds.get(tag)
     return None if elem is None else elem.value
+
+
+_SLOW = object()
+
+
+def _charset(ds: Dataset) -> str:
+    """Specific Character Set as written ("\\"-joined when several; "" when absent)."""
+    elem = ds.get_item(0x00080005)
+    if elem is None:
+        return ""
+    if isinstance(elem, RawDataElement):
+        return (elem.value or b"").decode("ascii", "replace").strip(" \x00")
+    value = elem.value
+    return value if isinstance(value, str) else "\\".join(str(v) for v in value or [])
+
+
+def _raw_value(ds: Dataset, tag: int, raw: RawDataElement) -> Any:
+    vr = raw.VR or dictionary_VR(tag)
+    data = bytes(raw.value or b"")
+    if vr == "US" and len(data) == 2:
+        return struct.unpack("<H" if raw.is_little_endian else ">H", data)[0]
+    if vr in _PLAIN_VRS:
+        encoding = "ascii"
+    elif vr in _TEXT_VRS:
+        name = _charset(ds)
+        if name not in _SIMPLE_CHARSETS:
+            return _SLOW  # ISO 2022 and others: pydicom's decoders
+        encoding = _SIMPLE_CHARSETS[name]
+    else:
+        return _SLOW
+    try:
+        text = data.decode(encoding).strip(" \x00")
+    except UnicodeDecodeError:
+        return _SLOW
+    if "\\" in text:
+        return _SLOW  # several values: pydicom's MultiValue, as before
+    return text
 
 
 def _text(ds: Dataset, keyword: str) -> str:
