@@ -341,18 +341,26 @@ def start_network(net: Network, procs: Processes, ohif: Path | None) -> None:
 # -- publishing the synthetic history ----------------------------------------------------------
 
 
-def _send_images(net: Network, site: DemoSite, synth: Path) -> int:
-    from drimbox.adapters.dimse.scu import send_files
-
-    files = sorted((synth / site.synth_id / "dicom").rglob("*.dcm"))
-    report = send_files(files, net.bind, site.ports.pacs, site.pacs_aet, "MODALITY", wait=30)
-    if report.failed:
-        path, reason = report.failed[0]
-        raise DemoError(
-            f"site {site.id}: {len(report.failed)} images refused by the PACS "
-            f"(first: {path.name}: {reason})"
-        )
-    return report.sent
+def _send_images(net: Network, sites: list[DemoSite], synth: Path) -> int:
+    """The modalities: every image C-STOREd into its site's PACS, the sites side by side,
+    one ``drimbox send`` process each (pynetdicom's associations stay apart)."""
+    procs = [
+        (site, subprocess.Popen(
+            [sys.executable, "-m", "drimbox", "send", str(synth / site.synth_id / "dicom"),
+             "--host", net.bind, "--port", str(site.ports.pacs), "--aet", site.pacs_aet,
+             "--calling-aet", "MODALITY", "--wait", "30"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+        for site in sites
+    ]  # fmt: skip
+    sent = 0
+    for site, proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            first = (err.strip().splitlines() or ["?"])[0]
+            raise DemoError(f"site {site.id}: images refused by the PACS ({first})")
+        sent += int(out.split()[0]) if out.split() and out.split()[0].isdigit() else 0
+    return sent
 
 
 def _send_reports(net: Network, site: DemoSite, synth: Path, manifest: dict[str, Any]) -> int:
@@ -424,7 +432,7 @@ def _wait_published(net: Network, procs: Processes, timeout: float) -> dict[str,
 def publish_history(net: Network, procs: Processes, synth: Path, manifest: dict[str, Any]) -> str:
     started = time.monotonic()
     with ThreadPoolExecutor(len(net.sites)) as pool:
-        images = sum(pool.map(lambda s: _send_images(net, s, synth), net.sites))
+        images = _send_images(net, net.sites, synth)
         reports = sum(pool.map(lambda s: _send_reports(net, s, synth, manifest), net.sites))
     status = _wait_published(net, procs, timeout=max(300.0, reports * 5.0))
     held = sum(len(st["held"]) + len(st["failed"]) for st in status.values())
