@@ -36,7 +36,6 @@ from drimbox.adapters.hl7.listener import ReportReceiver
 from drimbox.adapters.hl7.mllp import MllpServer, frame
 from drimbox.adapters.hl7.parse import decode, parse_message
 from drimbox.adapters.http_limits import DEFAULT_MAX_BODY, HttpLimits
-from drimbox.adapters.oidc.people import BUILT_IN, People
 from drimbox.adapters.xds.client import XdsClient
 from drimbox.entrypoints.box import SourceBox, create_app
 from drimbox.entrypoints.idp import create_idp_app
@@ -46,6 +45,7 @@ from drimbox.services.source.outbox import PublicationState
 from drimbox.settings import IdpSettings
 from tests import xds_messages as m
 from tests.box_pki import Pki
+from tests.idp_people import people_with_exam_patient
 from tests.index_fixtures import IndexServer, database_url, running_index, vihf_roots
 from tests.integration.test_conso_login import _log_in
 from tests.integration.test_source_publication import box_settings, running_box, store, wait_for
@@ -77,14 +77,10 @@ def issuer(
     tmp_path_factory: pytest.TempPathFactory, ports: dict[str, int], exam: Exam
 ) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("idp")
-    mine = BUILT_IN.patients[1].model_copy(update={
-        "id": "patient-examen", "ins": exam.record["patient_ins"],
-        "ins_oid": exam.record["ins_oid"]})  # fmt: skip
-    people = People(professionals=BUILT_IN.professionals, patients=[*BUILT_IN.patients, mine])
-    (folder / "people.json").write_text(people.model_dump_json())
+    people_file = people_with_exam_patient(folder, exam)
     users = f"http://127.0.0.1:{ports['users']}"
     settings = IdpSettings.model_validate({
-        "port": ports["idp"], "data_dir": folder, "people_file": folder / "people.json",
+        "port": ports["idp"], "data_dir": folder, "people_file": people_file,
         "clients": [
             {"client_id": "box", "client_secret": "secret-b",
              "redirect_uris": [f"{users}/conso/callback"]},
@@ -429,15 +425,22 @@ def test_mllp_connections_are_capped_per_address_and_in_all(tmp_path: Path, exam
     raw = exam.message("ORU")
     with _mllp(tmp_path / "a", max_connections_per_peer=2, max_connections=4) as (server, inbox):
         held = [socket.create_connection(("127.0.0.1", server.port), 10) for _ in range(2)]
+
+        def serving(count: int) -> None:  # the server's own count, not a guess at timing
+            deadline = time.monotonic() + 10
+            while sum(server._per_peer.values()) != count:
+                assert time.monotonic() < deadline, server._per_peer
+                time.sleep(0.02)
+
         try:
-            time.sleep(0.3)  # accepted
+            serving(2)
             with socket.create_connection(("127.0.0.1", server.port), 10) as third:
                 assert _closed_by_server(third, 5) < 1  # refused at once
             assert _mllp_ack(server.port, raw, source="127.0.0.2") == "AA"  # another address
             more = [socket.create_connection(("127.0.0.1", server.port), 10, (f"127.0.0.{i}", 0))
                     for i in (3, 4)]  # fmt: skip
             held += more
-            time.sleep(0.3)
+            serving(4)  # the two held here, two more; the ACK's connection is gone
             with socket.create_connection(("127.0.0.1", server.port), 10, ("127.0.0.5", 0)) as s:
                 assert _closed_by_server(s, 5) < 1  # four in all: the fifth is refused
         finally:

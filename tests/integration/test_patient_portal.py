@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from pydicom import dcmread
 
 from drimbox.adapters.dicomweb import multipart as mp
-from drimbox.adapters.oidc.people import BUILT_IN, People
 from drimbox.entrypoints.box import SourceBox, create_app
 from drimbox.entrypoints.idp import create_idp_app
 from drimbox.services.source.outbox import PublicationState
 from drimbox.settings import IdpSettings
+from tests.idp_people import people_with_exam_patient
 from tests.index_fixtures import IndexServer, database_url, running_index
 from tests.integration.test_conso_login import _log_in
 from tests.integration.test_source_publication import box_settings, running_box, send, wait_for
@@ -56,14 +56,10 @@ def issuer(
 ) -> Iterator[str]:
     """The idp knows the built-in people plus the exam's patient ("patient-examen")."""
     folder = tmp_path_factory.mktemp("idp")
-    mine = BUILT_IN.patients[1].model_copy(update={
-        "id": "patient-examen", "ins": exam.record["patient_ins"],
-        "ins_oid": exam.record["ins_oid"]})  # fmt: skip
-    people = People(professionals=BUILT_IN.professionals, patients=[*BUILT_IN.patients, mine])
-    (folder / "people.json").write_text(people.model_dump_json())
+    people_file = people_with_exam_patient(folder, exam)
     b = f"http://127.0.0.1:{ports['b']}"
     settings = IdpSettings.model_validate({
-        "port": ports["idp"], "data_dir": folder, "people_file": folder / "people.json",
+        "port": ports["idp"], "data_dir": folder, "people_file": people_file,
         "clients": [
             {"client_id": "box-b", "client_secret": "secret-b",
              "redirect_uris": [f"{b}/conso/callback"]},

@@ -301,19 +301,7 @@ class DicomwebPacs:
             raise PacsUnavailable(f"PACS {request.url} unreachable: {_describe(exc)}") from exc
 
     def _redirect_target(self, response: httpx.Response, redirects: int) -> httpx.URL:
-        location = response.headers.get("location", "")
-        try:
-            target = response.url.join(location)
-        except httpx.InvalidURL:
-            raise InvalidInput(f"the PACS redirects to an invalid URL {location[:100]!r}") from None
-        if _origin(target) != self._origin:
-            raise PacsUnavailable(
-                f"the PACS redirects to another host ({target.scheme}://{target.host}); "
-                "not followed"
-            )
-        if redirects >= MAX_REDIRECTS:
-            raise PacsUnavailable(f"the PACS redirects more than {MAX_REDIRECTS} times")
-        return target
+        return self._redirect_to(response.url, response.headers.get("location", ""), redirects)
 
 
 def _read_multipart(response: httpx.Response) -> Generator[tuple[dict[str, str], bytes]]:
