@@ -96,6 +96,23 @@ def test_hidden_document_and_author(ctx: IndexContext) -> None:
                                            kos.unique_id, hidden=False)  # fmt: skip
 
 
+def test_a_new_version_of_a_hidden_document_stays_hidden(ctx: IndexContext) -> None:
+    patient, kos, report = seed(ctx)
+    me = CallerIdentity("Dominique", ActorKind.PATIENT, patient_id=patient)
+    PatientControls(ctx).hide_document(me, kos.unique_id, hidden=True)
+    [old] = [e for e in ctx.store.entries(unique_ids=[kos.unique_id])]
+    new = m.Doc(patient, "KOS2", study_uid=kos.study_uid, accession=kos.accession)
+    rplc = m.association("urn:ihe:iti:2007:AssociationType:RPLC", new.symbol, old.entry_uuid)
+    package = mtom.unpack(*m.provide_and_register(patient, [new], rplc))
+    body = soap.read_envelope(soap.parse_xml(package.root)).body
+    sub = iti41_provide_and_register.parse(body, package.attachments)
+    RegisterService(ctx).provide_and_register(sub, SYSTEM)
+    # the corrected manifest replaced the hidden one: professionals see neither
+    assert visible(ctx, patient, DOCTOR) == {report.unique_id}
+    [stored] = ctx.store.entries(unique_ids=[new.unique_id])
+    assert stored.hidden_by_patient and stored.status == xds.APPROVED
+
+
 def test_patients_do_not_publish_and_denials_are_logged(ctx: IndexContext) -> None:
     patient = m.new_ins()
     me = CallerIdentity("Dominique", ActorKind.PATIENT, patient_id=patient)

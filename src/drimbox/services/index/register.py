@@ -87,8 +87,25 @@ class RegisterService:
         if errors:
             self._log_failure(sub, caller, errors)
             raise XdsErrors(errors)
+        self._inherit_hidden(sub)
         event = self.ctx.event(patient, caller, ACTION, GRANTED, [e.unique_id for e in sub.entries])
         self.ctx.store.register(sub, self._replaced(sub), event)
+
+    def _inherit_hidden(self, sub: Submission) -> None:
+        """A new version of a document the patient hid stays hidden: a corrected report must
+        not bring an exam back to professionals the patient hid it from."""
+        pairs = [(a.source, a.target) for a in sub.associations
+                 if a.association_type in xds.REPLACING]  # fmt: skip
+        if not pairs:
+            return
+        targets = [target for _, target in pairs]
+        hidden = {
+            e.entry_uuid for e in self.ctx.store.entries(uuids=targets) if e.hidden_by_patient
+        }
+        heirs = {source for source, target in pairs if target in hidden}
+        for entry in sub.entries:
+            if entry.entry_uuid in heirs:
+                entry.hidden_by_patient = True
 
     def _replaced(self, sub: Submission) -> list[str]:
         return [a.target for a in sub.associations if a.association_type in xds.REPLACING]
